@@ -1,0 +1,1 @@
+"""Device backends: one file per kind against the protocol in devices.base."""

@@ -1,0 +1,24 @@
+"""The small protocol every device backend implements.
+
+describe the device (fingerprint), load an artifact, run it once, time it.
+Isolation (child process, hard timeout) is the device server's job, not the
+backend's: a backend may crash the process it runs in.
+"""
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from farm.artifact import Artifact
+from farm.measure import MeasureResult, RunOptions
+
+
+class DeviceBackend(Protocol):
+    kind: str
+
+    def describe(self) -> dict[str, Any]:
+        """Fingerprint: ISA/triple, CPU name and features, cores, caches, memory, OS, versions."""
+        ...
+
+    def run_job(self, artifact: Artifact, options: RunOptions) -> MeasureResult:
+        """Load, check against the reference on seeded inputs, then time natively."""
+        ...

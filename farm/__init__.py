@@ -1,0 +1,23 @@
+"""kernelfarm's tuning side: tensor language, schedules, compiler, search."""
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "build": ("farm.builder", "build"),
+    "lower": ("farm.lowering", "lower"),
+    "Target": ("farm.target", "Target"),
+    "connect": ("farm.client_api", "connect"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy so that `import farm.te` stays light and `farm.lower` the module is importable.
+    if name in _LAZY:
+        import importlib
+
+        mod, attr = _LAZY[name]
+        return getattr(importlib.import_module(mod), attr)
+    raise AttributeError(f"module 'farm' has no attribute {name!r}")

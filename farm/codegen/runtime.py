@@ -1,0 +1,141 @@
+"""Native runtime emitted into every CPU object: thread launch and timing.
+
+Parallel loops are outlined to ``void body(i8* closure, i64 begin, i64 end)``
+and run by ``kf_parallel_for``, which starts ``kf_num_threads - 1`` pthreads
+and runs the first chunk on the calling thread. A pthread per region costs
+~20-40 us; see benchmarks/bench_parallel.py for the comparison with libgomp.
+"""
+from __future__ import annotations
+
+from llvmlite import ir
+
+I8P = ir.IntType(8).as_pointer()
+I64 = ir.IntType(64)
+I32 = ir.IntType(32)
+VOID = ir.VoidType()
+BODY_TY = ir.FunctionType(VOID, [I8P, I64, I64])
+TASK_TY = ir.LiteralStructType([BODY_TY.as_pointer(), I8P, I64, I64])
+MAX_THREADS = 256
+CLOCK_MONOTONIC = 1
+
+
+def emit_runtime(mod: ir.Module) -> ir.Function:
+    """Adds kf_num_threads, kf_worker and kf_parallel_for; returns the latter."""
+    nthreads = ir.GlobalVariable(mod, I32, "kf_num_threads")
+    nthreads.initializer = I32(1)
+
+    worker_ty = ir.FunctionType(I8P, [I8P])
+    pthread_create = ir.Function(mod, ir.FunctionType(I32, [I64.as_pointer(), I8P, worker_ty.as_pointer(), I8P]),
+                                 "pthread_create")
+    pthread_join = ir.Function(mod, ir.FunctionType(I32, [I64, I8P.as_pointer()]), "pthread_join")
+
+    worker = ir.Function(mod, worker_ty, "kf_worker")
+    worker.linkage = "internal"
+    b = ir.IRBuilder(worker.append_basic_block("entry"))
+    task = b.bitcast(worker.args[0], TASK_TY.as_pointer())
+    fields = [b.load(b.gep(task, [I32(0), I32(n)])) for n in range(4)]
+    b.call(fields[0], fields[1:])
+    b.ret(ir.Constant(I8P, None))
+
+    pfor = ir.Function(mod, ir.FunctionType(VOID, [BODY_TY.as_pointer(), I8P, I64]), "kf_parallel_for")
+    pfor.linkage = "internal"
+    fn, clo, n = pfor.args
+    entry = pfor.append_basic_block("entry")
+    b = ir.IRBuilder(entry)
+    tasks = b.alloca(TASK_TY, MAX_THREADS, name="tasks")
+    tids = b.alloca(I64, MAX_THREADS, name="tids")
+    nt = b.sext(b.load(nthreads), I64)
+    nt = b.select(b.icmp_signed("<", nt, I64(1)), I64(1), nt)
+    nt = b.select(b.icmp_signed(">", nt, I64(MAX_THREADS)), I64(MAX_THREADS), nt)
+    nt = b.select(b.icmp_signed(">", nt, n), n, nt)
+    chunk = b.sdiv(b.add(n, b.sub(nt, I64(1))), nt)
+    single = pfor.append_basic_block("single")
+    multi = pfor.append_basic_block("multi")
+    b.cbranch(b.icmp_signed("<=", nt, I64(1)), single, multi)
+    b.position_at_end(single)
+    b.call(fn, [clo, I64(0), n])
+    b.ret_void()
+
+    b.position_at_end(multi)
+    # Threads 1..nt-1 take chunks 1..; chunk 0 runs here, then join all.
+    spawn_head = pfor.append_basic_block("spawn")
+    spawn_body = pfor.append_basic_block("spawn.body")
+    run0 = pfor.append_basic_block("run0")
+    b.branch(spawn_head)
+    b.position_at_end(spawn_head)
+    t = b.phi(I64, "t")
+    t.add_incoming(I64(1), multi)
+    b.cbranch(b.icmp_signed("<", t, nt), spawn_body, run0)
+    b.position_at_end(spawn_body)
+    begin = b.mul(t, chunk)
+    end = b.add(begin, chunk)
+    end = b.select(b.icmp_signed(">", end, n), n, end)
+    begin = b.select(b.icmp_signed(">", begin, n), n, begin)
+    slot = b.gep(tasks, [t])
+    for k, v in enumerate([fn, clo, begin, end]):
+        b.store(v, b.gep(slot, [I32(0), I32(k)]))
+    b.call(pthread_create, [b.gep(tids, [t]), ir.Constant(I8P, None), worker, b.bitcast(slot, I8P)])
+    t_next = b.add(t, I64(1))
+    t.add_incoming(t_next, spawn_body)
+    b.branch(spawn_head)
+
+    b.position_at_end(run0)
+    end0 = b.select(b.icmp_signed(">", chunk, n), n, chunk)
+    b.call(fn, [clo, I64(0), end0])
+    join_head = pfor.append_basic_block("join")
+    join_body = pfor.append_basic_block("join.body")
+    done = pfor.append_basic_block("done")
+    b.branch(join_head)
+    b.position_at_end(join_head)
+    j = b.phi(I64, "j")
+    j.add_incoming(I64(1), run0)
+    b.cbranch(b.icmp_signed("<", j, nt), join_body, done)
+    b.position_at_end(join_body)
+    b.call(pthread_join, [b.load(b.gep(tids, [j])), ir.Constant(I8P.as_pointer(), None)])
+    j.add_incoming(b.add(j, I64(1)), join_body)
+    b.branch(join_head)
+    b.position_at_end(done)
+    b.ret_void()
+    return pfor
+
+
+def emit_entries(mod: ir.Module, kernel: ir.Function) -> None:
+    """kf_main(i8** args) and kf_time(i8** args, i64 n) -> seconds."""
+    main = ir.Function(mod, ir.FunctionType(VOID, [I8P.as_pointer()]), "kf_main")
+    b = ir.IRBuilder(main.append_basic_block("entry"))
+    b.call(kernel, _unpack(b, main.args[0], kernel))
+    b.ret_void()
+
+    ts_ty = ir.LiteralStructType([I64, I64])
+    clock = ir.Function(mod, ir.FunctionType(I32, [I32, ts_ty.as_pointer()]), "clock_gettime")
+    dbl = ir.DoubleType()
+    timer = ir.Function(mod, ir.FunctionType(dbl, [I8P.as_pointer(), I64]), "kf_time")
+    entry = timer.append_basic_block("entry")
+    b = ir.IRBuilder(entry)
+    args = _unpack(b, timer.args[0], kernel)
+    t0 = b.alloca(ts_ty)
+    t1 = b.alloca(ts_ty)
+    b.call(clock, [I32(CLOCK_MONOTONIC), t0])
+    loop = timer.append_basic_block("loop")
+    done = timer.append_basic_block("done")
+    b.branch(loop)
+    b.position_at_end(loop)
+    i = b.phi(I64)
+    i.add_incoming(I64(0), entry)
+    b.call(kernel, args)
+    nxt = b.add(i, I64(1))
+    i.add_incoming(nxt, loop)
+    b.cbranch(b.icmp_signed("<", nxt, timer.args[1]), loop, done)
+    b.position_at_end(done)
+    b.call(clock, [I32(CLOCK_MONOTONIC), t1])
+
+    def secs(ts: ir.Value) -> ir.Value:
+        s = b.sitofp(b.load(b.gep(ts, [I32(0), I32(0)])), dbl)
+        ns = b.sitofp(b.load(b.gep(ts, [I32(0), I32(1)])), dbl)
+        return b.fadd(s, b.fmul(ns, dbl(1e-9)))
+
+    b.ret(b.fsub(secs(t1), secs(t0)))
+
+
+def _unpack(b: ir.IRBuilder, argv: ir.Value, kernel: ir.Function) -> list[ir.Value]:
+    return [b.bitcast(b.load(b.gep(argv, [I32(n)])), a.type) for n, a in enumerate(kernel.args)]
