@@ -1,0 +1,355 @@
+"""``devices.yaml`` → frozen, typed device specs, validated once.
+
+The file is composed with ``yaml.compose`` rather than loaded, so every node
+keeps its line number: each error names ``file:line: field: message``. See
+``configs/devices.yaml`` for a documented example. Layout::
+
+    version: 1                 # optional
+    defaults: {user: pi, ...}  # optional; fields every device inherits where they apply
+    devices:
+      - name: rpi4-a           # unique
+        key: rpi4              # the tracker queue this device serves
+        kind: ssh              # local | ssh | cuda
+        target: llvm -mtriple=aarch64-linux-gnu -mcpu=cortex-a72 -mattr=+neon   # or auto
+        host: 10.0.0.31        # ssh: host or ssh_config alias; port, user, key_file, ...
+        servers: 1             # device servers to run on it
+
+Local paths (``key_file``, ``known_hosts``, ``ssh_config_file``) are relative to
+the YAML file's directory; remote ones (``workdir``) are left for the remote.
+"""
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from farm.errors import ConfigError
+
+from .targetspec import TargetSpec, TargetSyntaxError, parse_target
+
+log = logging.getLogger(__name__)
+
+KINDS = ("local", "ssh", "cuda")
+HOST_KEY_POLICIES = ("strict", "accept-new")
+COMMON_FIELDS = ("name", "key", "kind", "target", "servers")
+SSH_FIELDS = (
+    "host", "port", "user", "key_file", "use_agent", "ssh_config", "ssh_config_file",
+    "known_hosts", "host_key_policy", "python", "workdir", "connect_timeout",
+)  # fmt: skip
+CUDA_FIELDS = ("gpu",)
+ALL_FIELDS = COMMON_FIELDS + SSH_FIELDS + CUDA_FIELDS
+FIELDS_BY_KIND = {
+    "local": frozenset(COMMON_FIELDS),
+    "ssh": frozenset(COMMON_FIELDS + SSH_FIELDS),
+    "cuda": frozenset(ALL_FIELDS),  # a CUDA box is local, or remote when it has a host
+}
+TOP_FIELDS = ("version", "defaults", "devices")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+
+
+class DeviceConfigError(ConfigError):
+    """One problem in a devices file, located by file, line and field."""
+
+    def __init__(self, file: str, line: int, field: str, reason: str) -> None:
+        self.file, self.line, self.field, self.reason = file, line, field, reason
+        super().__init__(f"{file}:{line}: {field}: {reason}")
+
+
+@dataclass(frozen=True)
+class SshSpec:
+    """How to reach a remote device. ``host`` may be an ``ssh_config`` alias's HostName."""
+
+    host: str | None
+    port: int = 22
+    user: str | None = None
+    key_file: Path | None = None
+    use_agent: bool = True
+    ssh_config: str | None = None  # Host alias looked up in ssh_config_file
+    ssh_config_file: Path | None = None
+    known_hosts: Path | None = None  # None: ~/.ssh/known_hosts
+    host_key_policy: str = "strict"
+    python: str = "python3"  # remote command; may contain spaces (e.g. a wrapper)
+    workdir: str = "~/.kernelfarm"
+    connect_timeout: float = 15.0
+
+    @property
+    def display(self) -> str:
+        who = f"{self.user}@" if self.user else ""
+        return f"{who}{self.host or self.ssh_config}:{self.port}"
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    """One registered device; ``ssh`` is set for remote devices (kind ssh, remote cuda)."""
+
+    name: str
+    key: str
+    kind: str
+    target: TargetSpec
+    servers: int = 1
+    ssh: SshSpec | None = None
+    gpu: int | None = None
+    source: str = ""  # "file:line" of the entry, for messages
+
+    @property
+    def remote(self) -> bool:
+        return self.ssh is not None
+
+
+@dataclass(frozen=True)
+class FleetSpec:
+    """All devices of one file, in file order."""
+
+    path: Path
+    devices: tuple[DeviceSpec, ...]
+
+    def get(self, name: str) -> DeviceSpec:
+        for dev in self.devices:
+            if dev.name == name:
+                return dev
+        raise KeyError(name)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(d.name for d in self.devices)
+
+
+class _Ctx:
+    """The file being read: builds located errors and converts scalar nodes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.file = str(path)
+        self._loader = yaml.SafeLoader("")
+
+    def error(self, node: yaml.Node | None, field: str, reason: str) -> DeviceConfigError:
+        line = node.start_mark.line + 1 if node is not None else 1
+        return DeviceConfigError(self.file, line, field, reason)
+
+    def value(self, node: yaml.Node) -> Any:
+        return self._loader.construct_object(node, deep=True)
+
+    def mapping(self, node: yaml.Node, field: str) -> dict[str, tuple[yaml.Node, yaml.Node]]:
+        if not isinstance(node, yaml.MappingNode):
+            raise self.error(node, field, f"expected a mapping, got {_describe(self, node)}")
+        out: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+        for knode, vnode in node.value:
+            if not isinstance(knode, yaml.ScalarNode):
+                raise self.error(knode, field, "keys must be plain names")
+            key = str(knode.value)
+            if key in out:
+                first = out[key][0].start_mark.line + 1
+                raise self.error(knode, _join(field, key), f"given twice (first at line {first})")
+            out[key] = (knode, vnode)
+        return out
+
+    def local_path(self, raw: str) -> Path:
+        p = Path(os.path.expanduser(raw))
+        return p if p.is_absolute() else (self.path.parent / p)
+
+
+def _join(prefix: str, key: str) -> str:
+    return f"{prefix}.{key}" if prefix else key
+
+
+def _describe(ctx: _Ctx, node: yaml.Node) -> str:
+    if isinstance(node, yaml.MappingNode):
+        return "a mapping"
+    if isinstance(node, yaml.SequenceNode):
+        return "a list"
+    val = ctx.value(node)
+    return "nothing" if val is None else f"{type(val).__name__} {val!r}"
+
+
+def _unknown(ctx: _Ctx, knode: yaml.Node, field: str, name: str, allowed: tuple[str, ...] | frozenset[str]) -> DeviceConfigError:
+    hint = difflib.get_close_matches(name, sorted(allowed), n=1, cutoff=0.6)
+    more = f" (did you mean {hint[0]!r}?)" if hint else f" (known: {', '.join(sorted(allowed))})"
+    return ctx.error(knode, field, f"unknown field{more}")
+
+
+# ---- typed field readers: each takes (ctx, value node, field path) ----------------
+
+def _str(ctx: _Ctx, node: yaml.Node, field: str) -> str:
+    val = ctx.value(node) if isinstance(node, yaml.ScalarNode) else node
+    if not isinstance(val, str) or not val.strip():
+        raise ctx.error(node, field, f"expected a non-empty string, got {_describe(ctx, node)}")
+    return val.strip()
+
+
+def _ident(ctx: _Ctx, node: yaml.Node, field: str) -> str:
+    val = _str(ctx, node, field)
+    if not _NAME.match(val):
+        raise ctx.error(node, field, f"{val!r} must be letters, digits, '.', '_' or '-'")
+    return val
+
+
+def _int(lo: int, hi: int) -> Callable[[_Ctx, yaml.Node, str], int]:
+    def read(ctx: _Ctx, node: yaml.Node, field: str) -> int:
+        val = ctx.value(node) if isinstance(node, yaml.ScalarNode) else node
+        if isinstance(val, bool) or not isinstance(val, int):
+            raise ctx.error(node, field, f"expected an integer, got {_describe(ctx, node)}")
+        if not lo <= val <= hi:
+            raise ctx.error(node, field, f"{val} is out of range {lo}..{hi}")
+        return val
+
+    return read
+
+
+def _bool(ctx: _Ctx, node: yaml.Node, field: str) -> bool:
+    val = ctx.value(node) if isinstance(node, yaml.ScalarNode) else node
+    if not isinstance(val, bool):
+        raise ctx.error(node, field, f"expected true or false, got {_describe(ctx, node)}")
+    return val
+
+
+def _seconds(ctx: _Ctx, node: yaml.Node, field: str) -> float:
+    val = ctx.value(node) if isinstance(node, yaml.ScalarNode) else node
+    if isinstance(val, bool) or not isinstance(val, (int, float)) or not 0 < val <= 3600:
+        raise ctx.error(node, field, f"expected seconds in (0, 3600], got {_describe(ctx, node)}")
+    return float(val)
+
+
+def _choice(options: tuple[str, ...]) -> Callable[[_Ctx, yaml.Node, str], str]:
+    def read(ctx: _Ctx, node: yaml.Node, field: str) -> str:
+        val = _str(ctx, node, field)
+        if val not in options:
+            hint = difflib.get_close_matches(val, options, n=1)
+            more = f"; did you mean {hint[0]!r}?" if hint else ""
+            raise ctx.error(node, field, f"unknown value {val!r} (one of: {', '.join(options)}){more}")
+        return val
+
+    return read
+
+
+def _readable_file(ctx: _Ctx, node: yaml.Node, field: str) -> Path:
+    path = ctx.local_path(_str(ctx, node, field))
+    if not path.is_file():
+        raise ctx.error(node, field, f"{path} does not exist or is not a file")
+    try:
+        with open(path, "rb") as fh:
+            fh.read(1)
+    except OSError as e:
+        raise ctx.error(node, field, f"{path} is not readable: {e.strerror}") from None
+    return path
+
+
+def _target(ctx: _Ctx, node: yaml.Node, field: str) -> TargetSpec:
+    try:
+        return parse_target(_str(ctx, node, field))
+    except TargetSyntaxError as e:
+        raise ctx.error(node, field, f"bad target: {e}") from None
+
+
+READERS: dict[str, Callable[[_Ctx, yaml.Node, str], Any]] = {
+    "name": _ident, "key": _ident, "kind": _choice(KINDS), "target": _target,
+    "servers": _int(1, 256), "host": _str, "port": _int(1, 65535), "user": _str,
+    "key_file": _readable_file, "use_agent": _bool, "ssh_config": _str,
+    "ssh_config_file": _readable_file, "known_hosts": _readable_file,
+    "host_key_policy": _choice(HOST_KEY_POLICIES), "python": _str, "workdir": _str,
+    "connect_timeout": _seconds, "gpu": _int(0, 1023),
+}  # fmt: skip
+
+
+def _device(ctx: _Ctx, node: yaml.Node, index: int, defaults: dict[str, tuple[yaml.Node, yaml.Node, str]]) -> DeviceSpec:
+    where = f"devices[{index}]"
+    own = ctx.mapping(node, where)
+    for name, (knode, _) in own.items():
+        if name not in READERS:
+            raise _unknown(ctx, knode, _join(where, name), name, ALL_FIELDS)
+    for req in ("name", "key", "kind"):
+        if req not in own:
+            raise ctx.error(node, _join(where, req), "missing required field")
+    kind = READERS["kind"](ctx, own["kind"][1], _join(where, "kind"))
+    allowed = FIELDS_BY_KIND[kind]
+    for name, (knode, _) in own.items():
+        if name not in allowed:
+            raise ctx.error(knode, _join(where, name), f"not allowed for kind {kind!r}")
+    # Defaults fill in what applies to this kind; they are reported at their own line.
+    nodes = {k: (v, f"defaults.{k}") for k, (_, v, _s) in defaults.items() if k in allowed}
+    nodes.update({k: (v, _join(where, k)) for k, (_, v) in own.items()})
+    vals: dict[str, Any] = {k: READERS[k](ctx, vnode, field) for k, (vnode, field) in nodes.items()}
+    target = vals.get("target") or parse_target("auto")
+    remote = kind == "ssh" or (kind == "cuda" and ("host" in vals or "ssh_config" in vals))
+    if kind == "cuda" and not target.auto and not target.is_gpu:
+        raise ctx.error(nodes["target"][0], nodes["target"][1], "a cuda device needs an nvptx64 triple or auto")
+    if kind != "cuda" and target.is_gpu:
+        raise ctx.error(nodes["target"][0], nodes["target"][1], f"a GPU target on a {kind!r} device (use kind: cuda)")
+    ssh = None
+    if remote:
+        if "host" not in vals and "ssh_config" not in vals:
+            raise ctx.error(node, _join(where, "host"), "missing: an ssh device needs host or ssh_config")
+        if "ssh_config_file" in vals and "ssh_config" not in vals:
+            raise ctx.error(nodes["ssh_config_file"][0], nodes["ssh_config_file"][1], "given without ssh_config (the Host alias)")
+        ssh_kw = {k: vals[k] for k in SSH_FIELDS if k in vals}
+        ssh_kw.setdefault("host", None)
+        # With an explicit key file, the agent is only used when asked for.
+        ssh_kw.setdefault("use_agent", "key_file" not in vals)
+        ssh = SshSpec(**ssh_kw)
+    elif kind == "cuda":
+        for f in SSH_FIELDS:
+            if f in own:
+                raise ctx.error(own[f][0], _join(where, f), "ssh fields on a local cuda device need host or ssh_config")
+    return DeviceSpec(
+        name=vals["name"], key=vals["key"], kind=kind, target=target, servers=vals.get("servers", 1),
+        ssh=ssh, gpu=vals.get("gpu", 0 if kind == "cuda" else None), source=f"{ctx.file}:{node.start_mark.line + 1}",
+    )  # fmt: skip
+
+
+def parse_fleet(text: str, path: str | Path = "<string>") -> FleetSpec:
+    """Validate YAML ``text`` (read from ``path``) into a ``FleetSpec``."""
+    ctx = _Ctx(Path(path))
+    try:
+        docs = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        raise DeviceConfigError(ctx.file, (mark.line + 1) if mark else 1, "(yaml)", f"syntax error: {e.problem}") from None
+    if not docs or docs[0] is None:
+        raise DeviceConfigError(ctx.file, 1, "devices", "the file is empty; expected a 'devices:' list")
+    if len(docs) > 1:
+        raise ctx.error(docs[1], "(yaml)", "expected one YAML document, found several")
+    top = ctx.mapping(docs[0], "(top level)")
+    for name, (knode, _) in top.items():
+        if name not in TOP_FIELDS:
+            raise _unknown(ctx, knode, name, name, TOP_FIELDS)
+    if "version" in top and ctx.value(top["version"][1]) != 1:
+        raise ctx.error(top["version"][1], "version", f"unsupported version {_describe(ctx, top['version'][1])} (this farm reads 1)")
+    defaults: dict[str, tuple[yaml.Node, yaml.Node, str]] = {}
+    if "defaults" in top:
+        for name, (knode, vnode) in ctx.mapping(top["defaults"][1], "defaults").items():
+            if name not in READERS or name in ("name", "kind"):
+                allowed = tuple(f for f in ALL_FIELDS if f not in ("name", "kind"))
+                raise _unknown(ctx, knode, f"defaults.{name}", name, allowed)
+            READERS[name](ctx, vnode, f"defaults.{name}")  # report a bad default once, at its line
+            defaults[name] = (knode, vnode, f"defaults.{name}")
+    if "devices" not in top:
+        raise ctx.error(docs[0], "devices", "missing required field (a list of devices)")
+    seq = top["devices"][1]
+    if not isinstance(seq, yaml.SequenceNode) or not seq.value:
+        raise ctx.error(seq, "devices", f"expected a non-empty list of devices, got {_describe(ctx, seq)}")
+    devices: list[DeviceSpec] = []
+    first_line: dict[str, int] = {}
+    for i, node in enumerate(seq.value):
+        dev = _device(ctx, node, i, defaults)
+        if dev.name in first_line:
+            name_node = ctx.mapping(node, "")["name"][1]
+            raise ctx.error(name_node, f"devices[{i}].name", f"duplicate name {dev.name!r} (first at line {first_line[dev.name]})")
+        first_line[dev.name] = node.start_mark.line + 1
+        devices.append(dev)
+    log.debug("%s: %d devices", ctx.file, len(devices))
+    return FleetSpec(path=ctx.path, devices=tuple(devices))
+
+
+def load_fleet(path: str | Path) -> FleetSpec:
+    """Read and validate a devices file once; raise ``DeviceConfigError`` on any problem."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise DeviceConfigError(str(p), 1, "(file)", f"cannot read: {getattr(e, 'strerror', None) or e}") from None
+    return parse_fleet(text, p)

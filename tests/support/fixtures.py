@@ -1,0 +1,59 @@
+"""Pytest fixtures for device tests: a real sshd and the emulated arm64 Python.
+
+Import them into a conftest with ``from tests.support.fixtures import *``.
+Outside CI a missing qemu or sshd skips the test; under CI (``CI`` set) it
+fails, because ``.ci/setup_arm_root.sh`` is expected to have installed them.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from .armroot import ArmRoot, ArmRootError, ensure_armroot, find_qemu
+from .sshd import SshEndpoint, SshdUnavailable, SshServer, find_sshd
+
+__all__ = ["arm_root", "sshd_server", "sshd_endpoint"]
+
+
+def _missing(what: str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(f"{what} (CI must run .ci/setup_arm_root.sh first)")
+    pytest.skip(what)
+
+
+@pytest.fixture(scope="session")
+def arm_root() -> ArmRoot:
+    """The cached arm64 root (built on first use, ~15 s); ``.python`` is the wrapper."""
+    if find_qemu() is None:
+        _missing("qemu-aarch64-static not installed")
+    try:
+        return ensure_armroot()
+    except ArmRootError as e:
+        _missing(f"cannot build the arm64 root: {e}")
+        raise
+
+
+@pytest.fixture
+def sshd_server(tmp_path: Path) -> Iterator[SshServer]:
+    """A running sshd on 127.0.0.1 (``.endpoint`` has port, user, key, known_hosts)."""
+    if find_sshd() is None:
+        _missing("sshd not installed")
+    server = SshServer(tmp_path / "sshd")
+    try:
+        server.start()
+    except SshdUnavailable as e:
+        server.close()
+        _missing(str(e))
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def sshd_endpoint(sshd_server: SshServer) -> SshEndpoint:
+    assert sshd_server.endpoint is not None
+    return sshd_server.endpoint
