@@ -1,0 +1,180 @@
+"""Timing kernels on remote devices from a laptop: ``farm.connect("host:port")``.
+
+    with farm.connect("head:9190") as farm_:
+        r = farm_.measure(s, [A, B, C], key="rpi4")      # builds here, times there
+        print(r.outcome, r.median_s, r.gflops, r.costs)
+
+The kernel is built on this machine for the target the device registered
+(its fingerprint), uploaded once per content hash, queued on the device key,
+and timed natively on the device. Failures of the farm (no device, deadline,
+lost connection, bad token) raise typed ``rpc.errors`` exceptions; a kernel
+that crashes, hangs or computes a wrong answer comes back as a MeasureResult
+with that outcome, or, with ``strict=True``, raises ``KernelCrashed``,
+``KernelHung``, ``WrongAnswer``...
+
+Like the CLI, this is an edge: when no token is passed it reads FARM_TOKEN.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import ssl
+from typing import Any, Sequence
+
+from rpc.client import Client
+from rpc.errors import DeadlineExceeded, RpcError, failure_for
+
+from .artifact import Artifact
+from .measure import MeasureResult, Outcome, RunOptions
+
+
+def connect(
+    address: str, *, token: bytes | str | None = None, ssl_context: ssl.SSLContext | None = None, timeout: float = 10.0
+) -> "Session":
+    """Open an authenticated session with a tracker (token: argument, else $FARM_TOKEN)."""
+    from rpc.cli import load_token
+
+    tok = token.encode() if isinstance(token, str) else token
+    return Session(Client(address, tok if tok else load_token(), ssl_context=ssl_context, timeout=timeout))
+
+
+def _result(d: dict[str, Any], strict: bool) -> MeasureResult:
+    result = MeasureResult.from_json(d)
+    if strict and result.outcome is not Outcome.OK:
+        raise failure_for(result.outcome.value, result.message, result)
+    return result
+
+
+class Job:
+    """A submitted measurement; ``result()`` blocks until the device answers."""
+
+    def __init__(self, session: "Session", job_id: str, strict: bool) -> None:
+        self.job_id = job_id
+        self._future: concurrent.futures.Future[dict[str, Any]] = session.client.result_future(job_id)
+        self._strict = strict
+
+    def result(self, timeout: float | None = None) -> MeasureResult:
+        try:
+            d = self._future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            raise DeadlineExceeded(f"job {self.job_id} has no result after {timeout}s") from None
+        return _result(d, self._strict)
+
+    def done(self) -> bool:
+        return self._future.done()
+
+
+class Session:
+    """A connection to a tracker: submit, measure, lease devices, summarize."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self._targets: dict[str, str] = {}
+
+    # ---- building ------------------------------------------------------
+    def target(self, key: str) -> str:
+        """The target string to build for ``key``, from a registered device's fingerprint."""
+        if key not in self._targets:
+            devices = self.client.describe(key)
+            if not devices:
+                raise RpcError(f"no device is registered under key {key!r} (see `farm query`)")
+            self._targets[key] = target_of(devices[0].get("fingerprint", {}))
+        return self._targets[key]
+
+    def _artifact(self, kernel: Any, args: Sequence[Any] | None, key: str) -> Artifact:
+        if isinstance(kernel, Artifact):
+            return kernel
+        if hasattr(kernel, "artifact") and isinstance(kernel.artifact, Artifact):
+            return kernel.artifact  # an already built module
+        from . import build
+
+        if args is None:
+            raise ValueError("measure(schedule, args, key=...) needs the argument tensors")
+        return build(kernel, list(args), target=self.target(key)).artifact
+
+    # ---- jobs ----------------------------------------------------------
+    def submit(
+        self,
+        kernel: Any,
+        args: Sequence[Any] | None = None,
+        *,
+        key: str,
+        options: RunOptions | None = None,
+        priority: int = 0,
+        queue_timeout_s: float | None = None,
+        strict: bool = False,
+        _lease_id: str | None = None,
+    ) -> Job:
+        """Queue one measurement (a schedule, a built module or an Artifact) on ``key``."""
+        art = self._artifact(kernel, args, key)
+        job_id = self.client.submit(
+            art.header(), art.code, key, (options or RunOptions()).to_json(),
+            priority=priority, queue_timeout_s=queue_timeout_s, lease_id=_lease_id,
+        )
+        return Job(self, job_id, strict)
+
+    def measure(self, kernel: Any, args: Sequence[Any] | None = None, *, key: str, options: RunOptions | None = None,
+                priority: int = 0, queue_timeout_s: float | None = None, strict: bool = False) -> MeasureResult:
+        """Build (if needed), time on a device of ``key``, and return the result."""
+        return self.submit(kernel, args, key=key, options=options, priority=priority,
+                           queue_timeout_s=queue_timeout_s, strict=strict).result()
+
+    def lease(self, key: str, *, queue_timeout_s: float | None = None, priority: int = 0) -> "Lease":
+        """Hold one device of ``key`` exclusively until the lease is released (a context manager)."""
+        granted = self.client.lease(key, queue_timeout_s=queue_timeout_s, priority=priority)
+        return Lease(self, key, granted["lease_id"], granted["device"])
+
+    def summary(self) -> dict[str, Any]:
+        return self.client.summary()
+
+    def close(self) -> None:
+        self.client.close()
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Lease:
+    """An exclusive hold on one device; jobs submitted through it run only there."""
+
+    def __init__(self, session: Session, key: str, lease_id: str, device: dict[str, Any]) -> None:
+        self.session, self.key, self.lease_id, self.device = session, key, lease_id, device
+
+    def submit(self, kernel: Any, args: Sequence[Any] | None = None, **kw: Any) -> Job:
+        return self.session.submit(kernel, args, key=self.key, _lease_id=self.lease_id, **kw)
+
+    def measure(self, kernel: Any, args: Sequence[Any] | None = None, **kw: Any) -> MeasureResult:
+        strict = kw.pop("strict", False)
+        return self.session.submit(kernel, args, key=self.key, _lease_id=self.lease_id, strict=strict, **kw).result()
+
+    def release(self) -> None:
+        self.session.client.release(self.lease_id)
+
+    def __enter__(self) -> "Lease":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.release()
+        except RpcError:
+            pass  # already broken (device lost) or connection gone
+
+
+def target_of(fingerprint: dict[str, Any]) -> str:
+    """Target string for a device fingerprint (``target`` if given, else triple/cpu/features)."""
+    if isinstance(fingerprint.get("target"), str):
+        return fingerprint["target"]
+    parts = ["llvm"]
+    for flag, field in (("-mtriple", "triple"), ("-mcpu", "cpu"), ("-mattr", "features")):
+        if fingerprint.get(field):
+            parts.append(f"{flag}={fingerprint[field]}")
+    return " ".join(parts)
+
+
+def workload_artifact(name: str, shape: Sequence[int], config: dict[str, Any] | None, target: str) -> Artifact:
+    """Build one configuration of a registered workload for ``target``."""
+    from . import workloads
+
+    return workloads.build_artifact(name, list(shape), config, target)  # type: ignore[attr-defined]

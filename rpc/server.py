@@ -1,0 +1,171 @@
+"""The device server: dials OUT to the tracker and runs the jobs it is sent.
+
+Dialling out means a board behind NAT or an SSH reverse tunnel needs no
+inbound port. The server never gives up: after any failure (tracker down,
+restarted, network gone, even a refused token) it reconnects with jittered
+exponential backoff and registers again, for as long as it runs.
+
+While connected it heartbeats every ``heartbeat_s`` and expects the tracker's
+acks; silence past three beats means the link is dead. Jobs run in isolated
+children (``rpc.isolation``), so a crashing or hanging kernel costs one
+result. Artifacts are cached by content hash; the tracker learns at
+registration which hashes we hold and sends code only for new ones, and if we
+evicted one it is asked for again (``need_artifact``).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import ssl
+from typing import Any, Callable
+
+from . import auth, codec
+from .artifacts import ArtifactStore, checked_hash
+from .errors import ConnectionLost, ProtocolError, RpcError, from_wire
+from .isolation import WorkerPool
+from .transport import Connection, backoff_delays, open_connection, parse_address
+
+log = logging.getLogger(__name__)
+
+
+class DeviceServer:
+    """Serve one device key to one tracker. ``await run_forever()``; cancel to stop."""
+
+    def __init__(
+        self,
+        tracker: str,
+        key: str,
+        token: bytes,
+        *,
+        kind: str = "cpu",
+        capacity: int = 1,
+        name: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        backoff_base: float = 0.1,
+        backoff_cap: float = 5.0,
+        load_grace_s: float = 10.0,
+        cache_bytes: int = 256 << 20,
+    ) -> None:
+        if not token:
+            raise ValueError("the device server needs a non-empty token")
+        self.host, self.port = parse_address(tracker)
+        self.key = key
+        self._token = token
+        self.kind = kind
+        self.capacity = capacity
+        self.name = name or f"{socket.gethostname()}-{os.getpid()}"
+        self.ssl_context = ssl_context
+        self.backoff_base = backoff_base
+        self.backoff_cap = backoff_cap
+        self.load_grace_s = load_grace_s
+        self.store = ArtifactStore(cache_bytes)
+        self.pool = WorkerPool(kind, capacity)
+        self.registrations = 0
+        self.jobs_run = 0
+        self._ops: dict[str, Callable[[Connection, codec.Message, set[asyncio.Task[None]]], None]] = {
+            "job": self._on_job,
+            "heartbeat_ack": lambda conn, msg, tasks: None,
+            "registered": lambda conn, msg, tasks: None,
+        }
+
+    async def run_forever(self) -> None:
+        await self.pool.start()
+        log.info("device %s (%s) ready: %s", self.name, self.kind, self.pool.describe.get("cpu", ""))
+        try:
+            delays = backoff_delays(self.backoff_base, self.backoff_cap)
+            while True:
+                try:
+                    await self._session()
+                except (RpcError, OSError) as e:
+                    log.warning("tracker %s:%d: %s", self.host, self.port, e)
+                if self._registered_this_round:
+                    delays = backoff_delays(self.backoff_base, self.backoff_cap)
+                await asyncio.sleep(next(delays))
+        finally:
+            await self.pool.close()
+
+    _registered_this_round = False
+
+    async def _session(self) -> None:
+        self._registered_this_round = False
+        conn = await open_connection(self.host, self.port, ssl_context=self.ssl_context)
+        tasks: set[asyncio.Task[None]] = set()
+        heart: asyncio.Task[None] | None = None
+        try:
+            await auth.dial(conn, self._token, "device")
+            conn.limits = codec.Limits()
+            await conn.send({
+                "op": "register", "key": self.key, "capacity": self.capacity, "name": self.name,
+                "fingerprint": {**self.pool.describe, "kind": self.kind}, "artifacts": self.store.hashes(),
+            })
+            msg = await conn.recv(idle_timeout=auth.HANDSHAKE_TIMEOUT)
+            if msg.op == "error":
+                raise from_wire(msg.header.get("error"))
+            if msg.op != "registered":
+                raise ProtocolError(f"expected 'registered', got {msg.op!r:.40}")
+            heartbeat_s = float(msg.header.get("heartbeat_s", 2.0))
+            self.registrations += 1
+            self._registered_this_round = True
+            log.info("registered with %s:%d as %s", self.host, self.port, msg.header.get("device_id"))
+            heart = asyncio.create_task(self._heartbeat(conn, heartbeat_s))
+            while True:
+                msg = await conn.recv(idle_timeout=3 * heartbeat_s)
+                handler = self._ops.get(msg.op)
+                if handler is None:
+                    raise ProtocolError(f"unknown op from tracker {msg.op!r:.40}")
+                handler(conn, msg, tasks)
+        finally:
+            # Results of running jobs could not be delivered: the tracker
+            # requeues them, so stop them (their children are killed).
+            for t in [*tasks, *([heart] if heart else [])]:
+                t.cancel()
+            await asyncio.gather(*tasks, *([heart] if heart else []), return_exceptions=True)
+            conn.abort()
+
+    async def _heartbeat(self, conn: Connection, every: float) -> None:
+        try:
+            while True:
+                await asyncio.sleep(every)
+                await conn.send({"op": "heartbeat"})
+        except ConnectionLost:
+            conn.abort()
+
+    def _on_job(self, conn: Connection, msg: codec.Message, tasks: set[asyncio.Task[None]]) -> None:
+        task = asyncio.create_task(self._run_job(conn, msg))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    async def _run_job(self, conn: Connection, msg: codec.Message) -> None:
+        h = msg.header
+        job_id, artifact, options = h.get("job_id"), h.get("artifact"), h.get("options") or {}
+        try:
+            if not isinstance(job_id, str) or not isinstance(artifact, dict) or not isinstance(options, dict):
+                raise ProtocolError("malformed job")
+            if msg.blobs:
+                art_hash = checked_hash(artifact, msg.blobs[0])
+                self.store.put(art_hash, msg.blobs[0])
+                code = msg.blobs[0]
+            else:
+                cached = self.store.get(str(artifact.get("hash")))
+                if cached is None:
+                    await conn.send({"op": "need_artifact", "job_id": job_id, "hash": artifact.get("hash")})
+                    return
+                code = cached
+            hard = float(options.get("timeout_s", 30.0)) + self.load_grace_s
+            result = await self.pool.run(artifact, code, options, hard)
+        except (RpcError, ValueError, TypeError) as e:
+            if isinstance(e, ConnectionLost):
+                return
+            result = {"outcome": "LOAD_ERROR", "message": f"{type(e).__name__}: {e}", "costs": []}
+        result["device_key"] = self.key
+        self.jobs_run += 1
+        try:
+            await conn.send({"op": "result", "job_id": job_id, "result": result})
+        except ConnectionLost:
+            log.info("result of %s lost with the connection; the tracker requeues it", job_id)
+
+    def status(self) -> dict[str, Any]:
+        return {"name": self.name, "registrations": self.registrations, "jobs_run": self.jobs_run,
+                "crashes": self.pool.crashes, "artifacts": len(self.store)}

@@ -1,0 +1,361 @@
+"""The tracker: an asyncio server that translates wire messages into events of
+``rpc.queue.SchedulerQueue`` and its actions back into messages.
+
+Every connection first passes the token handshake (``rpc.auth``) under pre-auth
+frame limits, then says what it is: role "device" (a device server that dialled
+in; it must send ``register`` next) or role "client". Requests are named ops
+dispatched through handler tables; a client request carries ``rid`` and gets
+``reply`` or ``error`` with that ``rid``; job results arrive later as
+``job_done`` / ``job_failed``.
+
+The queue object is only touched from synchronous code between awaits, and
+each peer has an outbox drained by its own writer task, so actions never
+interleave on a connection and a slow peer never blocks the others.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import ssl
+import time
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable
+
+from . import auth, codec
+from .artifacts import ArtifactStore, checked_hash
+from .errors import ArtifactMissing, BadRequest, ConnectionLost, NoSuchLease, ProtocolError, RpcError, to_wire
+from .queue import Action, Dispatch, DropDevice, JobDone, JobFailed, JobSpec, LeaseFailed, LeaseGranted, SchedulerQueue
+from .transport import Connection, start_server
+
+log = logging.getLogger(__name__)
+
+# The device's hard timeout covers load + run; the tracker allows this much more
+# (transfer, child restart) before it calls the device wedged.
+RUN_GRACE_S = 60.0
+
+
+@dataclass(eq=False)
+class _Peer:
+    conn: Connection
+    outbox: asyncio.Queue[tuple[dict[str, Any], list[bytes]]] = field(default_factory=asyncio.Queue)
+    has: set[str] = field(default_factory=set)  # devices: artifact hashes it holds
+
+    def post(self, header: dict[str, Any], blobs: list[bytes] | None = None) -> None:
+        self.outbox.put_nowait((header, blobs or []))
+
+    async def writer(self) -> None:
+        try:
+            while True:
+                header, blobs = await self.outbox.get()
+                await self.conn.send(header, blobs)
+        except RpcError as e:  # peer gone, or a message we could not frame
+            log.info("writer to %s stopped: %s", self.conn.peer, e)
+            self.conn.abort()
+
+
+@dataclass(frozen=True)
+class _Payload:
+    """What the tracker must send a device to run one job."""
+
+    artifact: dict[str, Any]
+    code: bytes
+    options: dict[str, Any]
+
+
+class Tracker:
+    """Accepts devices and clients; owns the queue. Start with ``start()``."""
+
+    def __init__(
+        self,
+        token: bytes,
+        *,
+        heartbeat_s: float = 2.0,
+        max_retries: int = 2,
+        ssl_context: ssl.SSLContext | None = None,
+        frame_timeout: float = 30.0,
+        handshake_timeout: float = auth.HANDSHAKE_TIMEOUT,
+        tick_s: float = 0.25,
+        artifact_cache_bytes: int = 512 << 20,
+    ) -> None:
+        if not token:
+            raise ValueError("the tracker needs a non-empty token")
+        self._token = token
+        self.heartbeat_s = heartbeat_s
+        self.queue = SchedulerQueue(max_retries=max_retries, heartbeat_timeout=3 * heartbeat_s)
+        self.ssl_context = ssl_context
+        self.frame_timeout = frame_timeout
+        self.handshake_timeout = handshake_timeout
+        self.tick_s = tick_s
+        self.store = ArtifactStore(artifact_cache_bytes)
+        self.devices: dict[str, _Peer] = {}
+        self.clients: dict[str, _Peer] = {}
+        self.payloads: dict[str, _Payload] = {}
+        self.lease_rids: dict[str, tuple[str, Any]] = {}  # lease id -> (client id, rid) until granted
+        self.stats = {"jobs_submitted": 0, "client_uploads": 0, "client_upload_bytes": 0, "device_uploads": 0,
+                      "device_upload_bytes": 0, "bad_connections": 0}
+        self._ids = itertools.count(1)
+        self._server: asyncio.Server | None = None
+        self._ticker: asyncio.Task[None] | None = None
+        self._device_ops: dict[str, Callable[[str, _Peer, codec.Message], None]] = {
+            "heartbeat": self._on_heartbeat,
+            "result": self._on_result,
+            "need_artifact": self._on_need_artifact,
+        }
+        self._client_ops: dict[str, Callable[[str, _Peer, codec.Message], Awaitable[dict[str, Any] | None]]] = {
+            "ping": self._op_ping,
+            "has": self._op_has,
+            "submit": self._op_submit,
+            "lease": self._op_lease,
+            "release": self._op_release,
+            "summary": self._op_summary,
+            "describe": self._op_describe,
+        }
+
+    # ---- lifecycle -----------------------------------------------------
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
+        self._server = await start_server(
+            self._on_connection, host, port, ssl_context=self.ssl_context, frame_timeout=self.frame_timeout
+        )
+        self._ticker = asyncio.create_task(self._tick_loop())
+        sock = self._server.sockets[0].getsockname()
+        log.info("tracker listening on %s:%d", sock[0], sock[1])
+        return sock[0], sock[1]
+
+    async def stop(self) -> None:
+        if self._ticker:
+            self._ticker.cancel()
+        if self._server:
+            self._server.close()
+        for peer in [*self.devices.values(), *self.clients.values()]:
+            peer.conn.abort()
+        if self._server:
+            await self._server.wait_closed()
+
+    async def _tick_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.tick_s)
+            self._apply(self.queue.tick(time.monotonic()))
+            if len(self.payloads) > len(self.queue.jobs):
+                # Jobs dropped without a reply (their client left): forget their payloads.
+                for job_id in [j for j in self.payloads if j not in self.queue.jobs]:
+                    del self.payloads[job_id]
+
+    # ---- connections ---------------------------------------------------
+    async def _on_connection(self, conn: Connection) -> None:
+        try:
+            role, _version = await auth.accept_with_deadline(conn, self._token, self.handshake_timeout)
+        except (RpcError, ProtocolError) as e:
+            self.stats["bad_connections"] += 1
+            log.warning("refused %s: %s", conn.peer, e)
+            return
+        conn.limits = codec.Limits()  # authenticated: artifacts may now flow
+        peer = _Peer(conn)
+        writer = asyncio.create_task(peer.writer())
+        try:
+            if role == "device":
+                await self._serve_device(peer)
+            elif role == "client":
+                await self._serve_client(peer)
+            else:
+                await conn.send({"op": "error", "error": to_wire(BadRequest(f"unknown role {role!r:.20}"))})
+        finally:
+            writer.cancel()
+
+    async def _serve_device(self, peer: _Peer) -> None:
+        msg = await peer.conn.recv(idle_timeout=self.handshake_timeout)
+        h = msg.header
+        if msg.op != "register" or not isinstance(h.get("key"), str) or not h["key"]:
+            raise ProtocolError("a device must send 'register' with a key first")
+        capacity = h.get("capacity", 1)
+        fingerprint = h.get("fingerprint", {})
+        if not isinstance(capacity, int) or capacity < 1 or not isinstance(fingerprint, dict):
+            raise ProtocolError("bad capacity or fingerprint in 'register'")
+        device_id = f"dev{next(self._ids)}"
+        name = str(h.get("name") or device_id)[:100]
+        peer.has = {x for x in h.get("artifacts", []) if isinstance(x, str)}
+        self.devices[device_id] = peer
+        peer.post({"op": "registered", "device_id": device_id, "heartbeat_s": self.heartbeat_s})
+        log.info("device %s (%s) registered key %r capacity %d", device_id, name, h["key"], capacity)
+        self._apply(self.queue.add_device(device_id, h["key"], time.monotonic(), capacity, fingerprint, name))
+        reason = "connection closed"
+        try:
+            while True:
+                # Devices heartbeat every heartbeat_s; silence past 3 beats is a loss.
+                msg = await peer.conn.recv(idle_timeout=3 * self.heartbeat_s)
+                handler = self._device_ops.get(msg.op)
+                if handler is None:
+                    raise ProtocolError(f"unknown device op {msg.op!r:.40}")
+                handler(device_id, peer, msg)
+        except (ConnectionLost, ProtocolError) as e:
+            reason = str(e)
+            raise
+        finally:
+            del self.devices[device_id]
+            log.info("device %s gone: %s", device_id, reason)
+            self._apply(self.queue.remove_device(device_id, time.monotonic(), reason))
+
+    async def _serve_client(self, peer: _Peer) -> None:
+        client_id = f"cl{next(self._ids)}"
+        self.clients[client_id] = peer
+        try:
+            while True:
+                msg = await peer.conn.recv(idle_timeout=None)  # clients may wait long for results
+                rid = msg.header.get("rid")
+                handler = self._client_ops.get(msg.op)
+                try:
+                    if handler is None:
+                        raise BadRequest(f"unknown op {msg.op!r:.40}")
+                    reply = await handler(client_id, peer, msg)
+                except RpcError as e:
+                    peer.post({"op": "error", "rid": rid, "error": to_wire(e)})
+                    continue
+                if reply is not None:
+                    peer.post({"op": "reply", "rid": rid, **reply})
+        finally:
+            del self.clients[client_id]
+            self._apply(self.queue.client_gone(client_id, time.monotonic()))
+
+    # ---- device ops ----------------------------------------------------
+    def _on_heartbeat(self, device_id: str, peer: _Peer, msg: codec.Message) -> None:
+        self.queue.heartbeat(device_id, time.monotonic())
+        peer.post({"op": "heartbeat_ack"})
+
+    def _on_result(self, device_id: str, peer: _Peer, msg: codec.Message) -> None:
+        result = msg.header.get("result")
+        if not isinstance(result, dict) or not isinstance(msg.header.get("job_id"), str):
+            raise ProtocolError("'result' needs a job_id and a result object")
+        self._apply(self.queue.finish(device_id, msg.header["job_id"], result, time.monotonic()))
+
+    def _on_need_artifact(self, device_id: str, peer: _Peer, msg: codec.Message) -> None:
+        job_id = msg.header.get("job_id")
+        job = self.queue.jobs.get(job_id) if isinstance(job_id, str) else None
+        if job is not None and job.device_id == device_id and job_id in self.payloads:
+            peer.has.discard(self.payloads[job_id].artifact["hash"])  # it evicted it
+            self._dispatch(Dispatch(device_id, job_id))
+
+    # ---- client ops ----------------------------------------------------
+    async def _op_ping(self, client_id: str, peer: _Peer, msg: codec.Message) -> dict[str, Any]:
+        return {}
+
+    async def _op_has(self, client_id: str, peer: _Peer, msg: codec.Message) -> dict[str, Any]:
+        hashes = msg.header.get("hashes")
+        if not isinstance(hashes, list):
+            raise BadRequest("'has' needs a list of hashes")
+        return {"has": [h for h in hashes if isinstance(h, str) and h in self.store]}
+
+    async def _op_submit(self, client_id: str, peer: _Peer, msg: codec.Message) -> dict[str, Any] | None:
+        h = msg.header
+        key, artifact, options = h.get("key"), h.get("artifact"), h.get("options", {})
+        if not isinstance(key, str) or not isinstance(artifact, dict) or not isinstance(options, dict):
+            raise BadRequest("'submit' needs key, artifact header and options")
+        if not isinstance(h.get("lease_id"), (str, type(None))):
+            raise BadRequest("'lease_id' must be a string")
+        if msg.blobs:
+            art_hash = checked_hash(artifact, msg.blobs[0])
+            code = msg.blobs[0]
+            if art_hash not in self.store:
+                self.stats["client_uploads"] += 1
+                self.stats["client_upload_bytes"] += len(code)
+            self.store.put(art_hash, code)
+        else:
+            art_hash = str(artifact.get("hash"))
+            stored = self.store.get(art_hash)
+            if stored is None:
+                raise ArtifactMissing(f"tracker does not hold artifact {art_hash[:12]}...; send its code")
+            code = stored
+        timeout_s = float(options.get("timeout_s", 30.0))
+        queue_timeout = h.get("queue_timeout_s")
+        now = time.monotonic()
+        job_id = f"job{next(self._ids)}"
+        spec = JobSpec(
+            job_id=job_id,
+            key=key,
+            client_id=client_id,
+            priority=int(h.get("priority", 0)),
+            queue_deadline=None if queue_timeout is None else now + float(queue_timeout),
+            run_budget_s=timeout_s + RUN_GRACE_S,
+            lease_id=h.get("lease_id"),
+        )
+        self.payloads[job_id] = _Payload(artifact, code, options)
+        self.stats["jobs_submitted"] += 1
+        # Reply before applying, so the client knows the id before the result can arrive.
+        peer.post({"op": "reply", "rid": h.get("rid"), "job_id": job_id})
+        self._apply(self.queue.submit(spec, now))
+        return None
+
+    async def _op_lease(self, client_id: str, peer: _Peer, msg: codec.Message) -> dict[str, Any] | None:
+        key = msg.header.get("key")
+        if not isinstance(key, str):
+            raise BadRequest("'lease' needs a key")
+        timeout = msg.header.get("queue_timeout_s")
+        now = time.monotonic()
+        lease_id = f"lease{next(self._ids)}"
+        self.lease_rids[lease_id] = (client_id, msg.header.get("rid"))
+        deadline = None if timeout is None else now + float(timeout)
+        self._apply(self.queue.request_lease(lease_id, client_id, key, now, int(msg.header.get("priority", 0)), deadline))
+        return None  # answered by LeaseGranted / LeaseFailed
+
+    async def _op_release(self, client_id: str, peer: _Peer, msg: codec.Message) -> dict[str, Any]:
+        lease_id = msg.header.get("lease_id")
+        lease = self.queue.leases.get(lease_id) if isinstance(lease_id, str) else None
+        if lease is None or lease.client_id != client_id:
+            raise NoSuchLease(f"no lease {lease_id!r:.40} held by this client")
+        self._apply(self.queue.release_lease(lease_id, time.monotonic()))  # type: ignore[arg-type]
+        return {}
+
+    async def _op_summary(self, client_id: str, peer: _Peer, msg: codec.Message) -> dict[str, Any]:
+        s = self.queue.summary(time.monotonic())
+        s["stats"] = dict(self.stats, artifacts=len(self.store), artifact_bytes=self.store.nbytes,
+                          clients=len(self.clients))
+        return {"summary": s}
+
+    async def _op_describe(self, client_id: str, peer: _Peer, msg: codec.Message) -> dict[str, Any]:
+        key = msg.header.get("key")
+        devs = [d for d in self.queue.devices.values() if d.key == key]
+        return {"devices": [{"name": d.name, "fingerprint": d.fingerprint} for d in devs]}
+
+    # ---- actions -------------------------------------------------------
+    def _apply(self, actions: list[Action]) -> None:
+        for a in actions:
+            if isinstance(a, Dispatch):
+                self._dispatch(a)
+            elif isinstance(a, JobDone):
+                self.payloads.pop(a.job_id, None)
+                self._to_client(a.client_id, {"op": "job_done", "job_id": a.job_id, "result": a.result})
+            elif isinstance(a, JobFailed):
+                self.payloads.pop(a.job_id, None)
+                self._to_client(a.client_id, {"op": "job_failed", "job_id": a.job_id, "error": a.error})
+            elif isinstance(a, LeaseGranted):
+                _, rid = self.lease_rids.pop(a.lease_id, (None, None))
+                fp = self.queue.devices[a.device_id]
+                self._to_client(a.client_id, {"op": "reply", "rid": rid, "lease_id": a.lease_id,
+                                              "device": {"name": fp.name, "fingerprint": fp.fingerprint}})
+            elif isinstance(a, LeaseFailed):
+                pending = self.lease_rids.pop(a.lease_id, None)
+                if pending is not None:  # never granted: answer the lease request itself
+                    self._to_client(a.client_id, {"op": "error", "rid": pending[1], "error": a.error})
+                else:
+                    self._to_client(a.client_id, {"op": "lease_lost", "lease_id": a.lease_id, "error": a.error})
+            elif isinstance(a, DropDevice):
+                peer = self.devices.get(a.device_id)
+                log.warning("dropping device %s: %s", a.device_id, a.reason)
+                if peer is not None:
+                    peer.conn.abort()
+
+    def _dispatch(self, a: Dispatch) -> None:
+        peer = self.devices[a.device_id]
+        p = self.payloads[a.job_id]
+        art_hash = p.artifact["hash"]
+        blobs = []
+        if art_hash not in peer.has:  # content addressing: each device gets each hash once
+            blobs = [p.code]
+            peer.has.add(art_hash)
+            self.stats["device_uploads"] += 1
+            self.stats["device_upload_bytes"] += len(p.code)
+        peer.post({"op": "job", "job_id": a.job_id, "artifact": p.artifact, "options": p.options}, blobs)
+
+    def _to_client(self, client_id: str, header: dict[str, Any]) -> None:
+        peer = self.clients.get(client_id)
+        if peer is not None:
+            peer.post(header)
