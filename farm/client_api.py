@@ -56,6 +56,8 @@ class Job:
         try:
             d = self._future.result(timeout)
         except concurrent.futures.TimeoutError:
+            if self._future.done():  # the remote DeadlineExceeded (also a TimeoutError)
+                raise
             raise DeadlineExceeded(f"job {self.job_id} has no result after {timeout}s") from None
         return _result(d, self._strict)
 
