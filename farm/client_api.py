@@ -177,6 +177,7 @@ def target_of(fingerprint: dict[str, Any]) -> str:
 
 def workload_artifact(name: str, shape: Sequence[int], config: dict[str, Any] | None, target: str) -> Artifact:
     """Build one configuration of a registered workload for ``target``."""
-    from . import workloads
+    from .workloads import build_workload
 
-    return workloads.build_artifact(name, list(shape), config, target)  # type: ignore[attr-defined]
+    artifact: Artifact = build_workload(name, list(shape), config if config is not None else "default", target).artifact
+    return artifact
