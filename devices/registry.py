@@ -66,8 +66,8 @@ class SshSpec:
     """How to reach a remote device. ``host`` may be an ``ssh_config`` alias's HostName."""
 
     host: str | None
-    port: int = 22
-    user: str | None = None
+    port: int | None = None  # None: the ssh_config alias's Port, else 22
+    user: str | None = None  # None: the alias's User, else the local user
     key_file: Path | None = None
     use_agent: bool = True
     ssh_config: str | None = None  # Host alias looked up in ssh_config_file
@@ -81,7 +81,7 @@ class SshSpec:
     @property
     def display(self) -> str:
         who = f"{self.user}@" if self.user else ""
-        return f"{who}{self.host or self.ssh_config}:{self.port}"
+        return f"{who}{self.host or self.ssh_config}:{self.port or 22}"
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ def test_example_file_is_valid() -> None:
     kinds = {d.name: d.kind for d in fleet.devices}
     assert kinds == {"x86-local": "local", "rpi4-a": "ssh", "rpi4-b": "ssh", "gpu-box": "cuda"}
     rpi = fleet.get("rpi4-a")
-    assert rpi.ssh is not None and rpi.ssh.user == "pi" and rpi.ssh.port == 22
+    assert rpi.ssh is not None and rpi.ssh.user == "pi" and rpi.ssh.port is None
     assert rpi.target.triple == "aarch64-linux-gnu" and rpi.target.features == ("+neon",)
     gpu = fleet.get("gpu-box")
     assert gpu.remote and gpu.ssh is not None and gpu.ssh.port == 2222 and gpu.ssh.user == "farm"
