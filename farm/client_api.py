@@ -165,13 +165,19 @@ class Lease:
 
 
 def target_of(fingerprint: dict[str, Any]) -> str:
-    """Target string for a device fingerprint (``target`` if given, else triple/cpu/features)."""
+    """Target string for a device fingerprint: its ``target`` if it names one, else
+    ``llvm -mtriple -mcpu -mattr`` from the triple, CPU name and enabled features
+    (``devices.fingerprint`` records ``cpu_name`` and a list of ``cpu_features``)."""
     if isinstance(fingerprint.get("target"), str):
-        return fingerprint["target"]
+        return str(fingerprint["target"])
     parts = ["llvm"]
-    for flag, field in (("-mtriple", "triple"), ("-mcpu", "cpu"), ("-mattr", "features")):
-        if fingerprint.get(field):
-            parts.append(f"{flag}={fingerprint[field]}")
+    cpu = fingerprint.get("cpu_name") or fingerprint.get("cpu")
+    feats = fingerprint.get("cpu_features", fingerprint.get("features"))
+    if isinstance(feats, (list, tuple)):
+        feats = ",".join(f if f[:1] in "+-" else f"+{f}" for f in feats)
+    for flag, value in (("-mtriple", fingerprint.get("triple")), ("-mcpu", cpu), ("-mattr", feats)):
+        if value:
+            parts.append(f"{flag}={value}")
     return " ".join(parts)
 
 

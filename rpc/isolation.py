@@ -96,8 +96,11 @@ class WorkerProcess:
         if proc is None:
             return None
         if proc.returncode is None:
+            # os.kill, not proc.kill(): Popen.kill() polls first and would reap a
+            # child that just crashed, stealing its status from asyncio's watcher
+            # (which then reports 255 instead of the signal).
             try:
-                proc.kill()
+                os.kill(proc.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
         try:
