@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 FAST = ("fast",)
 MAX_UNROLL = 64
 MAX_LANES = 64
+MAX_UNROLLED_STMTS = 256  # beyond this LLVM's compile time explodes for little gain
 ALLOCA_LIMIT = 4 << 20
 
 
@@ -57,6 +58,7 @@ class CpuCodegen:
         self.mod.data_layout = data_layout
         self.ctx: _Ctx
         self.vec: tuple[Var, int] | None = None
+        self.mask: ir.Value | None = None  # active lanes under a lane-dependent guard
         self.ranges: dict[Var, tuple[int, int]] = {}
         self.globals: dict[Buffer, ir.Value] = {}
         self.n_outlined = 0
@@ -130,7 +132,18 @@ class CpuCodegen:
     def if_(self, s: IfThenElse) -> None:
         cond = self.expr(s.cond)
         if isinstance(cond.type, ir.VectorType):
-            raise CompileError("internal: lane-dependent guard in vector code")
+            # A guard that differs per lane (a tail): predicate the lanes instead of branching.
+            outer = self.mask
+            try:
+                self.mask = cond if outer is None else self.b.and_(outer, cond)
+                self.stmt(s.then)
+                if s.orelse is not None:
+                    inv = self.b.not_(cond)
+                    self.mask = inv if outer is None else self.b.and_(outer, inv)
+                    self.stmt(s.orelse)
+            finally:
+                self.mask = outer
+            return
         if s.orelse is None:
             with self.b.if_then(cond):
                 self.stmt(s.then)
@@ -148,7 +161,7 @@ class CpuCodegen:
             raise CompileError(f"loop {s.var.name} is bound to {s.tag}: GPU bindings need a cuda target")
         if kind == "parallel" and self.ctx.in_parallel:
             kind = "serial"  # nested parallel regions run serially inside a worker
-        if kind == "unroll" and s.extent <= MAX_UNROLL:
+        if kind == "unroll" and s.extent <= MAX_UNROLL and s.extent * _unrolled_size(s.body) <= MAX_UNROLLED_STMTS:
             for n in range(s.extent):
                 self.ctx.env[s.var] = I64(n)
                 self.stmt(s.body)
@@ -224,23 +237,11 @@ class CpuCodegen:
         for s in walk_stmts(body):
             if isinstance(s, For):
                 return False
-            if isinstance(s, IfThenElse) and v in free_vars(s.cond):
-                return False
             if isinstance(s, Store):
                 flat = self._flat(s.buffer, s.indices)
                 if arith.coefficient(flat, v, self.ranges) != 1:
                     return False
-                if not self._vector_safe_expr(s.value, v):
-                    return False
         return True
-
-    def _vector_safe_expr(self, e: Expr, v: Var) -> bool:
-        if isinstance(e, Select) and v in free_vars(e.cond):
-            if any(isinstance(x, BufferLoad) for x in _walk(e.t)) or any(isinstance(x, BufferLoad) for x in _walk(e.f)):
-                return False
-        if isinstance(e, BufferLoad):
-            return all(self._vector_safe_expr(i, v) for i in e.indices if not isinstance(i, (Const, Var)))
-        return all(self._vector_safe_expr(k, v) for k in expr_children(e))
 
     def _flat(self, buf: Buffer, indices: tuple[Expr, ...]) -> Expr:
         if len(indices) != len(buf.shape):
@@ -272,8 +273,13 @@ class CpuCodegen:
             vt = ir.VectorType(elem, lanes)
             if not isinstance(val.type, ir.VectorType):
                 val = self._splat(val, lanes)
-            st = self.b.store(val, self.b.bitcast(ptr, vt.as_pointer()))
-            st.align = elem.width // 8 if isinstance(elem, ir.IntType) else _fbytes(elem)
+            vptr = self.b.bitcast(ptr, vt.as_pointer())
+            if self.mask is not None:
+                fn = self._intrinsic("llvm.masked.store", ir.VoidType(), [vt, vt.as_pointer(), I32, self.mask.type], [vt])
+                self.b.call(fn, [val, vptr, I32(_bytes(elem)), self.mask])
+                return
+            st = self.b.store(val, vptr)
+            st.align = _bytes(elem)
             return
         if isinstance(val.type, ir.VectorType):
             raise CompileError("internal: vector value stored to a scalar location")
@@ -333,23 +339,54 @@ class CpuCodegen:
             flat = self._flat(e.buffer, e.indices)
             out = ir.Constant(ir.VectorType(elem, lanes), ir.Undefined)
             for n in range(lanes):
-                idx = self.index(arith.simplify(substitute(flat, {var: Const(n, "int32")}), self.ranges))
+                idx = self._lane_safe(self.index(arith.simplify(substitute(flat, {var: Const(n, "int32")}), self.ranges)), n)
                 x = self.b.load(self.b.gep(self.ctx.bufs[e.buffer], [idx], inbounds=True))
                 out = self.b.insert_element(out, x, I32(n))
             return self._widen(out, e.buffer.dtype)
         if self.vec is not None and coef == 1:
             vt = ir.VectorType(elem, self.vec[1])
-            ld = self.b.load(self.b.bitcast(ptr, vt.as_pointer()))
-            ld.align = elem.width // 8 if isinstance(elem, ir.IntType) else _fbytes(elem)
+            vptr = self.b.bitcast(ptr, vt.as_pointer())
+            if self.mask is not None:
+                fn = self._intrinsic("llvm.masked.load", vt, [vt.as_pointer(), I32, self.mask.type, vt], [vt])
+                ld = self.b.call(fn, [vptr, I32(_bytes(elem)), self.mask, ir.Constant(vt, None)])
+                return self._widen(ld, e.buffer.dtype)
+            ld = self.b.load(vptr)
+            ld.align = _bytes(elem)
             return self._widen(ld, e.buffer.dtype)
         if self.vec is not None and coef not in (0, None):
             var, lanes = self.vec
+            base = self.index(self._flat_lane0(e))
             out = ir.Constant(ir.VectorType(elem, lanes), ir.Undefined)
             for n in range(lanes):
-                x = self.b.load(self.b.gep(ptr, [I64(n * coef)], inbounds=True))
+                idx = self._lane_safe(self.b.add(base, I64(n * coef)), n)
+                x = self.b.load(self.b.gep(self.ctx.bufs[e.buffer], [idx], inbounds=True))
                 out = self.b.insert_element(out, x, I32(n))
             return self._widen(out, e.buffer.dtype)
+        if self.vec is not None and self.mask is not None:
+            # Uniform address under a lane mask: only touch memory if some lane is live.
+            anyl = self.b.call(self._intrinsic("llvm.vector.reduce.or", ir.IntType(1), [self.mask.type], [self.mask.type]), [self.mask])
+            idx = self.b.select(anyl, self.index(self._flat_lane0(e)), I64(0))
+            return self._widen(self.b.load(self.b.gep(self.ctx.bufs[e.buffer], [idx], inbounds=True)), e.buffer.dtype)
         return self._widen(self.b.load(ptr), e.buffer.dtype)
+
+    def _flat_lane0(self, e: BufferLoad) -> Expr:
+        flat = self._flat(e.buffer, e.indices)
+        if self.vec is not None:
+            flat = arith.simplify(substitute(flat, {self.vec[0]: Const(0, "int32")}), self.ranges)
+        return flat
+
+    def _lane_safe(self, idx: ir.Value, lane: int) -> ir.Value:
+        """Index 0 (always valid) for a lane the mask switched off."""
+        if self.mask is None:
+            return idx
+        return self.b.select(self.b.extract_element(self.mask, I32(lane)), idx, I64(0))
+
+    def _intrinsic(self, name: str, ret: ir.Type, args: list[ir.Type], overload: list[ir.Type]) -> ir.Function:
+        full = name + "".join("." + _mangle(t) for t in overload) + (".p0" if "masked" in name else "")
+        fn = self.mod.globals.get(full)
+        if fn is None:
+            fn = ir.Function(self.mod, ir.FunctionType(ret, args), full)
+        return fn
 
     def _widen(self, v: ir.Value, dtype: str) -> ir.Value:
         # Integers compute in i64 (indices and data alike); narrow on store.
@@ -451,8 +488,19 @@ class CpuCodegen:
             phi.add_incoming(tv, tb)
             phi.add_incoming(fv, fb)
             return phi
-        tv = self._convert(self.expr(e.t), e.t.dtype, e.dtype)
-        fv = self._convert(self.expr(e.f), e.f.dtype, e.dtype)
+        if has_load and isinstance(cond.type, ir.VectorType):
+            outer = self.mask
+            try:
+                self.mask = cond if outer is None else self.b.and_(outer, cond)
+                tv = self._convert(self.expr(e.t), e.t.dtype, e.dtype)
+                inv = self.b.not_(cond)
+                self.mask = inv if outer is None else self.b.and_(outer, inv)
+                fv = self._convert(self.expr(e.f), e.f.dtype, e.dtype)
+            finally:
+                self.mask = outer
+        else:
+            tv = self._convert(self.expr(e.t), e.t.dtype, e.dtype)
+            fv = self._convert(self.expr(e.f), e.f.dtype, e.dtype)
         tv, fv = self._pair(tv, fv)
         if isinstance(tv.type, ir.VectorType) and not isinstance(cond.type, ir.VectorType):
             cond = self._splat(cond, tv.type.count)
@@ -465,14 +513,14 @@ class CpuCodegen:
         t = x.type
         if e.func == "sigmoid":
             one = ir.Constant(t, 1.0) if not isinstance(t, ir.VectorType) else self._splat(t.element(1.0), t.count)
-            ex = self.b.call(self.mod.declare_intrinsic("llvm.exp", [t]), [self.b.fneg(x, flags=FAST)])
+            ex = self.b.call(self._intrinsic("llvm.exp", t, [t], [t]), [self.b.fneg(x, flags=FAST)])
             return self.b.fdiv(one, self.b.fadd(one, ex, flags=FAST), flags=FAST)
         if e.func == "abs" and not is_float(e.dtype):
             return self.b.select(self.b.icmp_signed("<", x, ir.Constant(t, 0)), self.b.neg(x), x)
         name = {"exp": "llvm.exp", "sqrt": "llvm.sqrt", "log": "llvm.log", "abs": "llvm.fabs",
                 "floor": "llvm.floor", "ceil": "llvm.ceil"}.get(e.func)
         if name is not None:
-            return self.b.call(self.mod.declare_intrinsic(name, [t]), [x], fastmath=FAST)
+            return self.b.call(self._intrinsic(name, t, [t], [t]), [x], fastmath=FAST)
         if e.func == "tanh":
             scal = x.type.element if isinstance(t, ir.VectorType) else t
             fname = {ir.FloatType(): "tanhf", ir.DoubleType(): "tanh"}.get(scal)
@@ -486,6 +534,34 @@ class CpuCodegen:
                 out = self.b.insert_element(out, self.b.call(fn, [self.b.extract_element(x, I32(n))]), I32(n))
             return out
         raise CompileError(f"function {e.func} is not supported")
+
+
+def _unrolled_size(s: Stmt) -> int:
+    """Stores the body becomes once its own unrolled loops are replicated."""
+    if isinstance(s, Store):
+        return 1
+    if isinstance(s, For):
+        inner = _unrolled_size(s.body)
+        return inner * s.extent if s.kind == "unroll" else inner
+    if isinstance(s, Block):
+        return sum(_unrolled_size(x) for x in s.stmts)
+    if isinstance(s, IfThenElse):
+        return _unrolled_size(s.then) + (_unrolled_size(s.orelse) if s.orelse is not None else 0)
+    if isinstance(s, Allocate):
+        return _unrolled_size(s.body)
+    return 1
+
+
+def _mangle(t: ir.Type) -> str:
+    if isinstance(t, ir.VectorType):
+        return f"v{t.count}{_mangle(t.element)}"
+    if isinstance(t, ir.IntType):
+        return f"i{t.width}"
+    return {ir.HalfType(): "f16", ir.FloatType(): "f32", ir.DoubleType(): "f64"}[t]
+
+
+def _bytes(t: ir.Type) -> int:
+    return t.width // 8 if isinstance(t, ir.IntType) else _fbytes(t)
 
 
 def _fbytes(t: ir.Type) -> int:

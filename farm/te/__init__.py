@@ -5,4 +5,10 @@ from .expr import (  # noqa: F401
     maximum, minimum, exp, sqrt, log, tanh, abs, sigmoid, floor, ceil, const,
 )
 from .tensor import Tensor, Operation, PlaceholderOp, ComputeOp, placeholder, compute, reduce_axis  # noqa: F401
-from ..schedule import create_schedule, Schedule, Stage  # noqa: F401,E402
+
+
+def create_schedule(ops):  # type: ignore[no-untyped-def]
+    """A default schedule for the given output operation(s) (see farm.schedule)."""
+    from ..schedule import create_schedule as _create
+
+    return _create(ops)

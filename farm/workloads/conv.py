@@ -1,0 +1,199 @@
+"""Convolution workloads (NCHW): conv2d and depthwise conv2d.
+
+The template vectorizes along output width (unit stride in the input for
+stride 1), keeps a KR x YR x XR tile of outputs in registers (a cache stage
+computed at the x-tile loop), broadcasts one weight per output channel, and
+pads the input once at root (or inline, a knob).
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from .. import te
+from ..errors import ConfigError
+from ..schedule import Schedule
+from ..target import Target
+from ..te.tensor import Tensor
+from . import Workload, register
+
+
+def out_size(h: int, r: int, stride: int, pad: int) -> int:
+    return (h + 2 * pad - r) // stride + 1
+
+
+def _pad(data: Tensor, pad: int) -> Tensor:
+    n, c, h, w = data.shape
+    if pad == 0:
+        return data
+    return te.compute(
+        (n, c, h + 2 * pad, w + 2 * pad),
+        lambda b, ch, y, x: te.select(
+            te.all_of(y >= pad, y < h + pad, x >= pad, x < w + pad), data[b, ch, y - pad, x - pad], 0.0),
+        name="pad",
+    )
+
+
+def _x_candidates(ow: int, lanes: int) -> list[int]:
+    c = {lanes // 2, lanes, 2 * lanes} | {d for d in range(2, min(ow, 4 * lanes) + 1) if ow % d == 0 and d >= 4}
+    return sorted(x for x in c if 1 <= x <= max(ow, 1))[:8] or [1]
+
+
+def _conv_template(cfg: Any, args: Sequence[int], target: Target) -> tuple[Schedule, list[Tensor]]:
+    n, c, h, w, k, r, stride, pad = args
+    oh, ow = out_size(h, r, stride, pad), out_size(w, r, stride, pad)
+    lanes = target.vector_lanes_f32
+    cfg.define_split("tile_k", k, 2, candidates=[[1, 2, 4, 8, 16, 32]])
+    cfg.define_split("tile_y", oh, 2, candidates=[[1, 2, 4, 7, 8, 14]])
+    cfg.define_split("tile_x", ow, 2, candidates=[_x_candidates(ow, lanes)])
+    cfg.define_split("tile_rc", c, 2, candidates=[[1, 2, 4, 8, 16, 32, 64]])
+    cfg.define_knob("order", [0, 1, 2])
+    cfg.define_knob("unroll", [0, 1, 2])
+    cfg.define_knob("pad_inline", [0, 1] if pad else [0])
+    cfg.define_knob("parallel", [0, 1, 2])
+
+    data = te.placeholder((n, c, h, w), name="data")
+    weight = te.placeholder((k, c, r, r), name="weight")
+    padded = _pad(data, pad)
+    rc = te.reduce_axis((0, c), name="rc")
+    ry = te.reduce_axis((0, r), name="ry")
+    rx = te.reduce_axis((0, r), name="rx")
+    out = te.compute(
+        (n, k, oh, ow),
+        lambda b, f, y, x: te.sum(padded[b, rc, y * stride + ry, x * stride + rx] * weight[f, rc, ry, rx], axis=[rc, ry, rx]),
+        name="conv",
+    )
+    s = te.create_schedule(out.op)
+    cc = s.cache_write(out, "local")
+    so, sc = s[out], s[cc]
+    b, f, y, x = so.op.axis
+    fo, fi = cfg["tile_k"].apply(s, out, f)
+    yo, yi = cfg["tile_y"].apply(s, out, y)
+    xo, xi = cfg["tile_x"].apply(s, out, x)
+    so.reorder(b, fo, yo, xo, fi, yi, xi)
+    so.vectorize(xi)
+    par = cfg["parallel"]
+    if par == 1:
+        so.parallel(so.fuse(b, fo))
+    elif par == 2:
+        so.parallel(so.fuse(b, fo, yo))
+    sc.compute_at(so, xo)
+    cb, cf, cy, cx = sc.op.axis
+    crc, cry, crx = sc.op.reduce_axis
+    rco, rci = cfg["tile_rc"].apply(s, cc, crc)
+    order = cfg["order"]
+    if order == 0:
+        sc.reorder(cb, rco, cry, crx, rci, cf, cy, cx)
+    elif order == 1:
+        sc.reorder(cb, rco, rci, cry, crx, cf, cy, cx)
+    else:
+        sc.reorder(cb, rco, cry, rci, crx, cf, cy, cx)
+    if cfg["unroll"] >= 1:
+        sc.unroll(cf)
+        sc.unroll(cy)
+    if cfg["unroll"] >= 2:
+        sc.unroll(crx)
+    sc.vectorize(cx)
+    if padded is not data:
+        if cfg["pad_inline"]:
+            s[padded].compute_inline()
+        else:
+            sp = s[padded]
+            pb, pc, py, px = sp.op.axis
+            if par:
+                sp.parallel(sp.fuse(pb, pc))
+    return s, [data, weight, out]
+
+
+def _depthwise_template(cfg: Any, args: Sequence[int], target: Target) -> tuple[Schedule, list[Tensor]]:
+    n, c, h, w, r, stride, pad = args
+    oh, ow = out_size(h, r, stride, pad), out_size(w, r, stride, pad)
+    lanes = target.vector_lanes_f32
+    cfg.define_split("tile_y", oh, 2, candidates=[[1, 2, 4, 7, 8, 14]])
+    cfg.define_split("tile_x", ow, 2, candidates=[_x_candidates(ow, lanes)])
+    cfg.define_knob("unroll", [0, 1])
+    cfg.define_knob("pad_inline", [0, 1] if pad else [0])
+    cfg.define_knob("parallel", [0, 1])
+
+    data = te.placeholder((n, c, h, w), name="data")
+    weight = te.placeholder((c, 1, r, r), name="weight")
+    padded = _pad(data, pad)
+    ry = te.reduce_axis((0, r), name="ry")
+    rx = te.reduce_axis((0, r), name="rx")
+    out = te.compute(
+        (n, c, oh, ow),
+        lambda b, ch, y, x: te.sum(padded[b, ch, y * stride + ry, x * stride + rx] * weight[ch, 0, ry, rx], axis=[ry, rx]),
+        name="dwconv",
+    )
+    s = te.create_schedule(out.op)
+    cc = s.cache_write(out, "local")
+    so, sc = s[out], s[cc]
+    b, ch, y, x = so.op.axis
+    yo, yi = cfg["tile_y"].apply(s, out, y)
+    xo, xi = cfg["tile_x"].apply(s, out, x)
+    so.reorder(b, ch, yo, xo, yi, xi)
+    so.vectorize(xi)
+    if cfg["parallel"]:
+        so.parallel(so.fuse(b, ch))
+    sc.compute_at(so, xo)
+    cb, cch, cy, cx = sc.op.axis
+    cry, crx = sc.op.reduce_axis
+    sc.reorder(cb, cch, cry, crx, cy, cx)
+    if cfg["unroll"]:
+        sc.unroll(crx)
+        sc.unroll(cy)
+    sc.vectorize(cx)
+    if padded is not data:
+        if cfg["pad_inline"]:
+            s[padded].compute_inline()
+        elif cfg["parallel"]:
+            sp = s[padded]
+            sp.parallel(sp.fuse(sp.op.axis[0], sp.op.axis[1]))
+    return s, [data, weight, out]
+
+
+def _windows(x: np.ndarray, r: int, stride: int, pad: int) -> np.ndarray:
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    win = np.lib.stride_tricks.sliding_window_view(xp, (r, r), axis=(2, 3))
+    return win[:, :, ::stride, ::stride]
+
+
+def _conv_ref(a: Sequence[int], ins: Sequence[np.ndarray]) -> list[np.ndarray]:
+    n, c, h, w, k, r, stride, pad = a
+    win = _windows(ins[0], r, stride, pad)
+    return [np.einsum("ncyxij,kcij->nkyx", win, ins[1].astype(np.float64), optimize=True)]
+
+
+def _dw_ref(a: Sequence[int], ins: Sequence[np.ndarray]) -> list[np.ndarray]:
+    n, c, h, w, r, stride, pad = a
+    win = _windows(ins[0], r, stride, pad)
+    return [np.einsum("ncyxij,cij->ncyx", win, ins[1][:, 0].astype(np.float64), optimize=True)]
+
+
+def _check_conv(names: Sequence[str], hw: tuple[int, int], r_i: int, s_i: int, p_i: int) -> Any:
+    def check(a: Sequence[int]) -> None:
+        for nm, v in zip(names, a):
+            if v < (0 if nm == "pad" else 1):
+                raise ConfigError(f"{nm} must be {'>= 0' if nm == 'pad' else '>= 1'}, got {v}")
+        for d in hw:
+            if out_size(a[d], a[r_i], a[s_i], a[p_i]) < 1:
+                raise ConfigError(f"kernel {a[r_i]} with pad {a[p_i]} does not fit input size {a[d]}")
+    return check
+
+
+_CONV_P = ("N", "C", "H", "W", "K", "R", "stride", "pad")
+register(Workload(
+    name="conv2d", params=_CONV_P, template=_conv_template, reference=_conv_ref,
+    flops=lambda a: 2.0 * a[0] * a[4] * out_size(a[2], a[5], a[6], a[7]) * out_size(a[3], a[5], a[6], a[7]) * a[1] * a[5] * a[5],
+    example=(1, 64, 56, 56, 64, 3, 1, 1), doc="NCHW conv2d: out[N,K,OH,OW], weight[K,C,R,R]",
+    validate=_check_conv(_CONV_P, (2, 3), 5, 6, 7),
+))
+
+_DW_P = ("N", "C", "H", "W", "R", "stride", "pad")
+register(Workload(
+    name="depthwise_conv2d", params=_DW_P, template=_depthwise_template, reference=_dw_ref,
+    flops=lambda a: 2.0 * a[0] * a[1] * out_size(a[2], a[4], a[5], a[6]) * out_size(a[3], a[4], a[5], a[6]) * a[4] * a[4],
+    example=(1, 64, 56, 56, 3, 1, 1), doc="NCHW depthwise conv2d, multiplier 1: weight[C,1,R,R]",
+    validate=_check_conv(_DW_P, (2, 3), 4, 5, 6),
+))

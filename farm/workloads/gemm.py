@@ -1,0 +1,152 @@
+"""GEMM-family workloads: matmul, dense + bias + ReLU (fused), batch_matmul.
+
+One template serves all three: an MR x NR register tile of the accumulator
+(cache stage computed at the output's tile loop), the reduction loop outside
+it, NR a multiple of the target's vector lanes, B optionally packed into
+[N/NR][K][NR] panels so the inner loop streams memory, and a parallel outer
+loop. Knob ranges follow the target (vector width, register count).
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from .. import te
+from ..errors import ConfigError
+from ..schedule import Schedule
+from ..target import Target
+from ..te.tensor import Tensor
+from . import Workload, register
+
+
+def _nr_candidates(n: int, lanes: int) -> list[int]:
+    c = [x for x in (lanes, 2 * lanes, 3 * lanes, 4 * lanes) if x <= max(n, lanes)]
+    small = [x for x in (lanes // 4, lanes // 2) if x >= 1 and x not in c]
+    return small + c if n >= lanes // 2 else [max(1, min(n, lanes))]
+
+
+def define_gemm_space(cfg: Any, m: int, n: int, k: int, target: Target) -> None:
+    lanes = target.vector_lanes_f32
+    cfg.define_split("tile_i", m, 3, candidates=[[1, 2, 4, 8, 16, 32], [1, 2, 3, 4, 6, 8, 12, 16]])
+    cfg.define_split("tile_j", n, 3, candidates=[[1, 2, 4, 8, 16], _nr_candidates(n, lanes)])
+    cfg.define_split("tile_k", k, 2, candidates=[[1, 2, 4, 8, 16]])
+    cfg.define_knob("order", [0, 1])
+    cfg.define_knob("unroll", [0, 1, 2])
+    cfg.define_knob("pack_b", [0, 1])
+    cfg.define_knob("parallel", [0, 1, 2])
+
+
+def packed_b(b: Tensor, nr: int, batch: bool) -> Tensor:
+    """B[.., K, N] -> [.., ceil(N/NR), K, NR], zero-padded at the tail."""
+    *lead, kk, nn = b.shape
+    no = -(-nn // nr)
+    if batch:
+        def f(bb: Any, jo: Any, kx: Any, ji: Any) -> Any:
+            j = jo * nr + ji
+            return b[bb, kx, j] if nn % nr == 0 else te.select(j < nn, b[bb, kx, j], 0.0)
+        return te.compute((lead[0], no, kk, nr), f, name="B.packed")
+
+    def g(jo: Any, kx: Any, ji: Any) -> Any:
+        j = jo * nr + ji
+        return b[kx, j] if nn % nr == 0 else te.select(j < nn, b[kx, j], 0.0)
+    return te.compute((no, kk, nr), g, name="B.packed")
+
+
+def schedule_gemm(cfg: Any, s: Schedule, acc: Tensor, out: Tensor, bp: Tensor | None) -> None:
+    """Tile ``out``; compute the accumulator ``acc`` per register tile inside it."""
+    so, sa = s[out], s[acc]
+    *lead, i, j = so.op.axis
+    io, im, ir = cfg["tile_i"].apply(s, out, i)
+    jo, jm, jr = cfg["tile_j"].apply(s, out, j)
+    so.reorder(*lead, io, jo, im, jm, ir, jr)
+    so.vectorize(jr)
+    par = cfg["parallel"]
+    if par == 1:
+        so.parallel(so.fuse(*lead, io) if lead else io)
+    elif par == 2:
+        so.parallel(so.fuse(*lead, io, jo))
+    sa.compute_at(so, jm)
+    *alead, xc, yc = sa.op.axis
+    ko, ki = cfg["tile_k"].apply(s, acc, sa.op.reduce_axis[0])
+    if cfg["order"] == 0:
+        sa.reorder(*alead, ko, xc, ki, yc)
+    else:
+        sa.reorder(*alead, ko, ki, xc, yc)
+    unroll = cfg["unroll"]
+    if unroll >= 1:
+        sa.unroll(xc)
+    if unroll >= 2:
+        sa.unroll(ki)
+    sa.vectorize(yc)
+    if bp is not None:
+        sp = s[bp]
+        *blead, pj, _pk, pji = sp.op.axis
+        sp.vectorize(pji)
+        if par:
+            sp.parallel(sp.fuse(*blead, pj) if blead else pj)
+
+
+def _gemm(cfg: Any, bt: int | None, m: int, n: int, k: int, target: Target, epilogue: bool) -> tuple[Schedule, list[Tensor]]:
+    define_gemm_space(cfg, m, n, k, target)
+    nr = cfg["tile_j"].size[-1]
+    batch = bt is not None
+    a = te.placeholder((bt, m, k) if batch else (m, k), name="A")
+    b = te.placeholder((bt, k, n) if batch else (k, n), name="B")
+    kk = te.reduce_axis((0, k), name="k")
+    bp = packed_b(b, nr, batch) if cfg["pack_b"] else None
+    if batch:
+        if bp is not None:
+            c = te.compute((bt, m, n), lambda q, i, j: te.sum(a[q, i, kk] * bp[q, j // nr, kk, j % nr], axis=kk), name="C")
+        else:
+            c = te.compute((bt, m, n), lambda q, i, j: te.sum(a[q, i, kk] * b[q, kk, j], axis=kk), name="C")
+    elif bp is not None:
+        c = te.compute((m, n), lambda i, j: te.sum(a[i, kk] * bp[j // nr, kk, j % nr], axis=kk), name="C")
+    else:
+        c = te.compute((m, n), lambda i, j: te.sum(a[i, kk] * b[kk, j], axis=kk), name="C")
+    if epilogue:
+        bias = te.placeholder((n,), name="bias")
+        out = te.compute((m, n), lambda i, j: te.maximum(c[i, j] + bias[j], 0.0), name="out")
+        s = te.create_schedule(out.op)
+        schedule_gemm(cfg, s, c, out, bp)
+        return s, [a, b, bias, out]
+    s = te.create_schedule(c.op)
+    cc = s.cache_write(c, "local")
+    schedule_gemm(cfg, s, cc, c, bp)
+    return s, [a, b, c]
+
+
+def _positive(names: Sequence[str]) -> Any:
+    def check(args: Sequence[int]) -> None:
+        for nm, v in zip(names, args):
+            if v < 1:
+                raise ConfigError(f"{nm} must be >= 1, got {v}")
+    return check
+
+
+register(Workload(
+    name="matmul", params=("M", "N", "K"),
+    template=lambda cfg, a, t: _gemm(cfg, None, a[0], a[1], a[2], t, False),
+    reference=lambda a, ins: [ins[0].astype(np.float64) @ ins[1].astype(np.float64)],
+    flops=lambda a: 2.0 * a[0] * a[1] * a[2],
+    example=(512, 512, 512), doc="C[M,N] = A[M,K] @ B[K,N], float32",
+    validate=_positive("MNK"),
+))
+
+register(Workload(
+    name="dense_bias_relu", params=("M", "N", "K"),
+    template=lambda cfg, a, t: _gemm(cfg, None, a[0], a[1], a[2], t, True),
+    reference=lambda a, ins: [np.maximum(ins[0].astype(np.float64) @ ins[1] + ins[2], 0.0)],
+    flops=lambda a: 2.0 * a[0] * a[1] * a[2],
+    example=(512, 1024, 1024), doc="out = max(A[M,K] @ B[K,N] + bias[N], 0), fused epilogue",
+    validate=_positive("MNK"),
+))
+
+register(Workload(
+    name="batch_matmul", params=("B", "M", "N", "K"),
+    template=lambda cfg, a, t: _gemm(cfg, a[0], a[1], a[2], a[3], t, False),
+    reference=lambda a, ins: [np.matmul(ins[0].astype(np.float64), ins[1].astype(np.float64))],
+    flops=lambda a: 2.0 * a[0] * a[1] * a[2] * a[3],
+    example=(16, 128, 128, 128), doc="C[B,M,N] = A[B,M,K] @ B[B,K,N]",
+    validate=_positive(("B", "M", "N", "K")),
+))
