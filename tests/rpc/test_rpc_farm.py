@@ -121,8 +121,8 @@ def test_tracker_restart_short_outage(local_farm: LocalFarm):
 @pytest.mark.slow
 def test_tracker_restart_long_outage(local_farm: LocalFarm):
     """Down for over two minutes; servers with the default backoff cap come back."""
-    for _ in range(2):
-        local_farm.start_server("k", "tests.rpc.fake_backend:FakeBackend", "--backoff-cap", "5")
+    servers = [local_farm.start_server("k", "tests.rpc.fake_backend:FakeBackend", "--backoff-cap", "5")
+               for _ in range(2)]
     c = local_farm.client()
     local_farm.wait_devices(c, 2)
     port = int(local_farm.address.rsplit(":", 1)[1])
@@ -131,7 +131,7 @@ def test_tracker_restart_long_outage(local_farm: LocalFarm):
     local_farm.start_tracker(port)
     s = local_farm.wait_devices(local_farm.client(), 2, timeout=30)
     assert s["keys"]["k"]["devices"] == 2
-    assert all(p.alive() for p in local_farm.procs)
+    assert all(p.alive() for p in servers)
 
 
 def test_crash_hang_wrong_each_costs_one_result(local_farm: LocalFarm):
