@@ -267,6 +267,7 @@ class CpuCodegen:
         val = self.expr(s.value)
         elem = ir_type(s.buffer.dtype)
         val = self._convert(val, s.value.dtype, s.buffer.dtype)
+        val = self._narrow(val, elem)
         ptr, coef = self._address(s.buffer, s.indices)
         if self.vec is not None and coef == 1:
             lanes = self.vec[1]
@@ -409,12 +410,26 @@ class CpuCodegen:
             if is_float(src):
                 return b.fpext(v, want) if _fbytes(ir_type(dst)) > _fbytes(ir_type(src)) else b.fptrunc(v, want)
             return b.uitofp(v, want) if src in ("bool", "uint8") else b.sitofp(v, want)
-        want = ty(ir_type(dst))
+        # Integers live in i64 in registers (see _widen); narrowing happens on store.
+        want = ty(ir.IntType(1) if dst == "bool" else I64)
         if is_float(src):
-            return b.fptosi(v, want)
+            return b.fptosi(v, want) if dst != "bool" else b.fcmp_ordered("!=", v, ir.Constant(v.type, 0.0))
         if v.type == want:
             return v
-        return b.trunc(v, want) if v.type.width > want.width else b.sext(v, want)
+        elt = v.type.element if vec else v.type
+        if dst == "bool":
+            return b.icmp_signed("!=", v, ir.Constant(v.type, 0) if not vec else ir.Constant(v.type, [ir.Constant(elt, 0)] * vec))
+        return b.zext(v, want) if elt.width == 1 or src == "uint8" else b.sext(v, want)
+
+    def _narrow(self, v: ir.Value, elem: ir.Type) -> ir.Value:
+        if not isinstance(elem, ir.IntType):
+            return v
+        vec = isinstance(v.type, ir.VectorType)
+        have = v.type.element if vec else v.type
+        if have == elem:
+            return v
+        want = ir.VectorType(elem, v.type.count) if vec else elem
+        return self.b.trunc(v, want) if have.width > elem.width else self.b.zext(v, want)
 
     def _splat(self, v: ir.Value, lanes: int) -> ir.Value:
         vt = ir.VectorType(v.type, lanes)

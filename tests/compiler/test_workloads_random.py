@@ -1,0 +1,54 @@
+"""Every workload: random configs of its space compile and match numpy, odd shapes included."""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from devices.cpu import compare, reference_outputs, seeded_inputs
+from farm.workloads import build_workload, get_workload
+
+CASES = [
+    ("matmul", (48, 64, 40)),
+    ("matmul", (67, 45, 33)),
+    ("dense_bias_relu", (37, 50, 29)),
+    ("batch_matmul", (3, 20, 35, 17)),
+    ("conv2d", (1, 8, 14, 13, 12, 3, 1, 1)),
+    ("conv2d", (2, 5, 11, 9, 7, 3, 2, 0)),
+    ("depthwise_conv2d", (1, 6, 15, 17, 3, 2, 1)),
+    ("depthwise_conv2d", (2, 4, 9, 12, 3, 1, 1)),
+]
+N_CONFIGS = 50
+
+
+def check_config(name: str, args: tuple[int, ...], config: object) -> str | None:
+    mod = build_workload(name, args, config)
+    arrays = seeded_inputs(mod.artifact.args, seed=7)
+    mod(*arrays)
+    ref = reference_outputs(mod.artifact, arrays)
+    assert ref is not None
+    outs = [a for a, s in zip(arrays, mod.artifact.args) if s.role == "out"]
+    return compare(outs[0], ref[0], 1e-4)
+
+
+@pytest.mark.parametrize("name,args", CASES, ids=[f"{n}-{'x'.join(map(str, a))}" for n, a in CASES])
+def test_random_configs_match_numpy(name: str, args: tuple[int, ...]) -> None:
+    space = get_workload(name).space(args)
+    rng = random.Random(hash((name, args)) & 0xFFFF)
+    n = min(N_CONFIGS, len(space))
+    indices = [0] + rng.sample(range(1, len(space)), n - 1) if len(space) > n else list(range(len(space)))
+    failures = []
+    for idx in indices:
+        msg = check_config(name, args, str(idx))
+        if msg is not None:
+            failures.append((idx, space.get(idx).to_json()["knobs"], msg))
+    assert not failures, f"{len(failures)} of {len(indices)} configs wrong: {failures[:3]}"
+
+
+def test_compare_detects_a_wrong_answer() -> None:
+    want = np.ones((4, 4), dtype=np.float32)
+    got = want.copy()
+    got[2, 3] = 1.01
+    assert compare(got, want, 1e-4) is not None
+    assert compare(want.copy(), want, 1e-4) is None
