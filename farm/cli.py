@@ -12,6 +12,7 @@ import sys
 COMMAND_MODULES = [
     "devices.cli",
     "farm.cli_compile",
+    "farm.log_cli",
     "rpc.cli",
 ]
 
