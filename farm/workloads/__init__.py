@@ -31,6 +31,14 @@ class Workload:
     example: tuple[int, ...]
     doc: str = ""
     validate: Callable[[Sequence[int]], None] | None = None
+    cuda_template: Template | None = None  # used when the target kind is cuda (workloads/cuda_templates.py)
+
+    def template_for(self, target: Target) -> Template:
+        if target.kind == "cuda":
+            if self.cuda_template is None:
+                raise ConfigError(f"workload {self.name} has no CUDA template")
+            return self.cuda_template
+        return self.template
 
     def check_args(self, args: Sequence[int]) -> tuple[int, ...]:
         args = tuple(int(a) for a in args)
@@ -44,11 +52,13 @@ class Workload:
 
     def space(self, args: Sequence[int], target: str | Target = "llvm -mcpu=native") -> ConfigSpace:
         sp = ConfigSpace()
-        self.template(sp, self.check_args(args), Target.parse(target))
+        tgt = Target.parse(target)
+        self.template_for(tgt)(sp, self.check_args(args), tgt)
         return sp
 
     def instantiate(self, args: Sequence[int], config: ConfigEntity, target: str | Target) -> tuple[Schedule, list[Tensor]]:
-        return self.template(config, self.check_args(args), Target.parse(target))
+        tgt = Target.parse(target)
+        return self.template_for(tgt)(config, self.check_args(args), tgt)
 
     def key(self, args: Sequence[int]) -> dict[str, Any]:
         return {"name": self.name, "args": list(self.check_args(args))}
@@ -76,6 +86,7 @@ def list_workloads() -> list[Workload]:
 
 def _load_builtin() -> None:
     from . import conv, gemm  # noqa: F401  (registration side effect)
+    from . import cuda_templates  # noqa: F401  (attaches CUDA templates to the above)
 
 
 def parse_shape(text: str | Sequence[int]) -> tuple[int, ...]:
