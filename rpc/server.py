@@ -64,6 +64,7 @@ class DeviceServer:
         self.pool = WorkerPool(kind, capacity)
         self.registrations = 0
         self.jobs_run = 0
+        self._registered = False  # did the current session get as far as registering?
         self._ops: dict[str, Callable[[Connection, codec.Message, set[asyncio.Task[None]]], None]] = {
             "job": self._on_job,
             "heartbeat_ack": lambda conn, msg, tasks: None,
@@ -80,16 +81,14 @@ class DeviceServer:
                     await self._session()
                 except (RpcError, OSError) as e:
                     log.warning("tracker %s:%d: %s", self.host, self.port, e)
-                if self._registered_this_round:
+                if self._registered:  # a session that worked: start the backoff afresh
                     delays = backoff_delays(self.backoff_base, self.backoff_cap)
                 await asyncio.sleep(next(delays))
         finally:
             await self.pool.close()
 
-    _registered_this_round = False
-
     async def _session(self) -> None:
-        self._registered_this_round = False
+        self._registered = False
         conn = await open_connection(self.host, self.port, ssl_context=self.ssl_context)
         tasks: set[asyncio.Task[None]] = set()
         heart: asyncio.Task[None] | None = None
@@ -107,7 +106,7 @@ class DeviceServer:
                 raise ProtocolError(f"expected 'registered', got {msg.op!r:.40}")
             heartbeat_s = float(msg.header.get("heartbeat_s", 2.0))
             self.registrations += 1
-            self._registered_this_round = True
+            self._registered = True
             log.info("registered with %s:%d as %s", self.host, self.port, msg.header.get("device_id"))
             heart = asyncio.create_task(self._heartbeat(conn, heartbeat_s))
             while True:
@@ -155,9 +154,9 @@ class DeviceServer:
                 code = cached
             hard = float(options.get("timeout_s", 30.0)) + self.load_grace_s
             result = await self.pool.run(artifact, code, options, hard)
-        except (RpcError, ValueError, TypeError) as e:
-            if isinstance(e, ConnectionLost):
-                return
+        except ConnectionLost:
+            return
+        except (RpcError, ValueError, TypeError, RuntimeError) as e:  # RuntimeError: no job child
             result = {"outcome": "LOAD_ERROR", "message": f"{type(e).__name__}: {e}", "costs": []}
         result["device_key"] = self.key
         self.jobs_run += 1

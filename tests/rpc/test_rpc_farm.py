@@ -193,3 +193,22 @@ def test_session_api_lease_errors_and_strict(local_farm: LocalFarm):
         assert e.value.result.outcome is Outcome.RUNTIME_ERROR
         r = session.measure(fake_artifact("ok", 0.01, tag="final"), key="k", options=RunOptions(repeat=3))
         assert r.ok and len(r.costs) == 3 and r.median_s == pytest.approx(0.01) and r.gflops > 0
+
+
+def test_kill9_server_with_hung_kernel_leaves_no_child(local_farm: LocalFarm):
+    from tests.support.procs import descendants
+
+    server = local_farm.start_server("k")
+    c = local_farm.client()
+    local_farm.wait_devices(c, 1)
+    job = _run(c, fake_artifact("hang", tag="orphan"), options={"timeout_s": 60})
+    time.sleep(0.5)
+    children = descendants(server.pid)
+    assert children  # the job child, spinning
+    server.kill9()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(os.path.exists(f"/proc/{p}") for p in children):
+        time.sleep(0.05)
+    assert not [p for p in children if os.path.exists(f"/proc/{p}")], "job child outlived its server"
+    assert c.summary()["keys"]["k"]["pending"] == 1  # requeued, waiting for a device
+    assert not c.result_future(job).done()
