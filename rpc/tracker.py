@@ -206,7 +206,10 @@ class Tracker:
                 try:
                     if handler is None:
                         raise BadRequest(f"unknown op {msg.op!r:.40}")
-                    reply = await handler(client_id, peer, msg)
+                    try:
+                        reply = await handler(client_id, peer, msg)
+                    except (TypeError, ValueError) as e:  # a field of the wrong type or value
+                        raise BadRequest(f"bad {msg.op!r:.40} request: {e}") from None
                 except RpcError as e:
                     peer.post({"op": "error", "rid": rid, "error": to_wire(e)})
                     continue
@@ -214,6 +217,8 @@ class Tracker:
                     peer.post({"op": "reply", "rid": rid, **reply})
         finally:
             del self.clients[client_id]
+            for lease_id in [l for l, (c, _) in self.lease_rids.items() if c == client_id]:
+                del self.lease_rids[lease_id]
             self._apply(self.queue.client_gone(client_id, time.monotonic()))
 
     # ---- device ops ----------------------------------------------------

@@ -119,3 +119,22 @@ def test_cli_query_reports_missing_and_wrong_tokens(local_farm: LocalFarm):
     assert local_farm.token not in r.stderr + r.stdout
     r = subprocess.run(base + ["--json"], cwd=ROOT, env=local_farm.env(), capture_output=True, text=True, timeout=30)
     assert r.returncode == 0 and '"keys"' in r.stdout
+
+
+def test_bad_requests_answered_with_typed_errors(local_farm: LocalFarm):
+    from rpc.errors import BadRequest, NoSuchLease
+
+    from tests.rpc.fake_backend import fake_artifact
+
+    c = local_farm.client()
+    art = fake_artifact(tag="x")
+    for op, fields in [("nosuchop", {}), ("submit", {"key": 5}), ("submit", {"key": "k", "artifact": {}}),
+                       ("submit", {"key": "k", "artifact": {"hash": "ab", "code_size": 1}}),
+                       ("submit", {"key": "k", "artifact": art.header(), "priority": "high"}),
+                       ("lease", {"key": "k", "priority": "x"}), ("has", {"hashes": "nope"})]:
+        with pytest.raises(BadRequest):
+            blob = (art.code if fields.get("artifact") == art.header() else b"x",) if op == "submit" else ()
+            c._run(c._async.call(op, blob, **fields))
+    with pytest.raises(NoSuchLease):
+        c.release("lease-unknown")
+    assert c.summary()["stats"]["jobs_submitted"] == 0  # and the connection is still fine
