@@ -7,6 +7,7 @@ what turns ``(jo*bn + ji) // bn`` back into ``jo`` after packing.
 """
 from __future__ import annotations
 
+import weakref
 from typing import Mapping
 
 from .te.expr import BinOp, Const, Expr, Var, children, is_float, rebuild
@@ -59,6 +60,32 @@ def _name(e: Expr) -> str:
     return e.name if isinstance(e, Var) else "~"
 
 
+_ATOMS: "weakref.WeakValueDictionary[str, Expr]" = weakref.WeakValueDictionary()
+
+
+def skey(e: Expr) -> str:
+    """Structural key; variables by identity (two loops may share a name)."""
+    if isinstance(e, Var):
+        return f"{e.name}#{id(e)}"
+    if isinstance(e, Const):
+        return f"{e.value}:{e.dtype}"
+    kids = children(e)
+    extra = getattr(e, "op", None) or getattr(e, "func", None) or getattr(e, "dtype", "")
+    tensor = getattr(e, "tensor", None) or getattr(e, "buffer", None)
+    tag = f"@{id(tensor)}" if tensor is not None else ""
+    return f"{type(e).__name__}{extra}{tag}(" + ",".join(skey(k) for k in kids) + ")"
+
+
+def _atom(e: Expr) -> Expr:
+    # Equal non-linear subexpressions must be one atom so that they cancel.
+    k = skey(e)
+    got = _ATOMS.get(k)
+    if got is None:
+        _ATOMS[k] = e
+        return e
+    return got
+
+
 def linear(e: Expr, ranges: Ranges) -> Linear:
     """``e`` as coefficients over atoms plus a constant (integer expressions only)."""
     if isinstance(e, Const):
@@ -80,8 +107,8 @@ def linear(e: Expr, ranges: Ranges) -> Linear:
                 r = _divmod(la, lb[1], ranges, e.op)
                 if r is not None:
                     return r
-                return {BinOp(e.op, to_expr(la), Const(lb[1], "int32")): 1}, 0
-    return {simplify(e, ranges): 1}, 0
+                return {_atom(BinOp(e.op, to_expr(la), Const(lb[1], "int32"))): 1}, 0
+    return {_atom(simplify(e, ranges)): 1}, 0
 
 
 def _divmod(lin: Linear, d: int, ranges: Ranges, op: str) -> Linear | None:

@@ -185,9 +185,14 @@ class _Lowerer:
             raise LowerError(f"stage {st.name} has no buffer (internal)")
         idx = tuple(abs_vals) if out.kind != "local" else tuple(rel_vals)
 
-        def guarded(stmt: Stmt, conds: list[Expr]) -> Stmt:
+        def guarded(stmt: Stmt, conds: list[Expr], reduce_conds: list[Expr] = []) -> Stmt:  # noqa: B006
+            # Data guards of a local tile only skip positions past the tensor's
+            # edge; codegen may drop them. Reduction guards never are dropped.
             c = _and(conds)
-            return stmt if c is None else IfThenElse(c, stmt)
+            if c is not None:
+                stmt = IfThenElse(c, stmt, tile_pad=out.kind == "local")
+            r = _and(reduce_conds)
+            return stmt if r is None else IfThenElse(r, stmt)
 
         def wrap(vars_: Sequence[IterVar], inner: Stmt, attach: bool) -> Stmt:
             for v in reversed(vars_):
@@ -204,11 +209,11 @@ class _Lowerer:
 
         if isinstance(body, Reduce):
             src = self._rewrite_loads(body.source, st)
-            upd_conds = data_guards + red_guards
+            red_conds = list(red_guards)
             if body.where is not None:
-                upd_conds.append(self._rewrite_loads(body.where, st))
+                red_conds.append(self._rewrite_loads(body.where, st))
             init = guarded(Store(out, idx, _identity(body.combiner, body.dtype)), data_guards)
-            update = guarded(Store(out, idx, _combine(body.combiner, BufferLoad(out, idx), src)), upd_conds)
+            update = guarded(Store(out, idx, _combine(body.combiner, BufferLoad(out, idx), src)), data_guards, red_conds)
             p = next((n for n, v in enumerate(st.leaf) if v.kind == "reduce"), len(st.leaf))
             init_nest = wrap([v for v in st.leaf[p:] if v.kind == "data"], init, attach=False)
             upd_nest = wrap(st.leaf[p:], update, attach=True)

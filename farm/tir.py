@@ -66,6 +66,7 @@ class IfThenElse(Stmt):
     cond: Expr
     then: Stmt
     orelse: Stmt | None = None
+    tile_pad: bool = False  # guards only tile positions past a tensor's edge (droppable)
 
 
 @dataclass

@@ -9,6 +9,7 @@ request, correctness is not negotiable.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, field
 
@@ -52,12 +53,16 @@ class _Ctx:
 class CpuCodegen:
     """Turns one PrimFunc into an LLVM module with the ABI in farm.artifact."""
 
-    def __init__(self, triple: str, data_layout: str, vector_lanes: int = 16) -> None:
+    def __init__(self, triple: str, data_layout: str, vector_lanes: int = 16) -> None:  # noqa: D107
         self.mod = ir.Module(name="kernelfarm")
         self.mod.triple = triple
         self.mod.data_layout = data_layout
         self.ctx: _Ctx
         self.vec: tuple[Var, int] | None = None
+        self.vec_base = 0  # the loop value of lane 0 in the current vector chunk
+        self.pad_mode = False  # inside a tile-padding guard that was dropped (see if_)
+        self.pad_lane: list[Expr] = []
+        self.native_lanes = max(1, vector_lanes)
         self.mask: ir.Value | None = None  # active lanes under a lane-dependent guard
         self.ranges: dict[Var, tuple[int, int]] = {}
         self.globals: dict[Buffer, ir.Value] = {}
@@ -130,9 +135,44 @@ class CpuCodegen:
         self.stmt(s.body)
 
     def if_(self, s: IfThenElse) -> None:
+        if s.tile_pad and s.orelse is None and not self.pad_mode and self._pad_droppable(s.then):
+            # Rows/lanes past the tensor's edge in a local tile are computed and
+            # never copied out; loads that could leave their buffer are clamped
+            # (uniform) or masked (per lane) instead of branching in the hot loop.
+            lane = self._split_guard(s.cond)[1] if self.vec is not None else []
+            self.pad_mode, self.pad_lane = True, lane
+            try:
+                self.stmt(s.then)
+            finally:
+                self.pad_mode, self.pad_lane = False, []
+            return
+        if self.vec is not None and s.orelse is None:
+            uniform, lane = self._split_guard(s.cond)
+            if uniform and lane:
+                with self.b.if_then(self.expr(_conj(uniform))):
+                    self.if_(IfThenElse(_conj(lane), s.then))
+                return
+            if not lane:
+                with self.b.if_then(self.expr(_conj(uniform))) if uniform else _null():
+                    self.stmt(s.then)
+                return
         cond = self.expr(s.cond)
         if isinstance(cond.type, ir.VectorType):
-            # A guard that differs per lane (a tail): predicate the lanes instead of branching.
+            # A guard that differs per lane (a tail): predicate the lanes instead of
+            # branching, but take an unmasked fast path when every lane passes,
+            # which is all tiles but the last.
+            if s.orelse is None and self.mask is None:
+                allv = self.b.call(self._intrinsic("llvm.vector.reduce.and", ir.IntType(1), [cond.type], [cond.type]), [cond])
+                with self.b.if_else(allv) as (full, part):
+                    with full:
+                        self.stmt(s.then)
+                    with part:
+                        self.mask = cond
+                        try:
+                            self.stmt(s.then)
+                        finally:
+                            self.mask = None
+                return
             outer = self.mask
             try:
                 self.mask = cond if outer is None else self.b.and_(outer, cond)
@@ -154,6 +194,28 @@ class CpuCodegen:
                 with orelse:
                     self.stmt(s.orelse)
 
+    def _split_guard(self, cond: Expr) -> tuple[list[Expr], list[Expr]]:
+        assert self.vec is not None
+        parts = list(cond.args) if isinstance(cond, Logic) and cond.op == "and" else [cond]
+        uniform = [c for c in parts if self.vec[0] not in free_vars(c)]
+        return uniform, [c for c in parts if self.vec[0] in free_vars(c)]
+
+    def _pad_droppable(self, body: Stmt) -> bool:
+        """The guarded body only stores into a local tile, in bounds."""
+        for st in walk_stmts(body):
+            if isinstance(st, (For, Allocate)):
+                return False
+            if isinstance(st, Store) and (st.buffer.kind != "local" or not self._in_bounds(st.buffer, st.indices)):
+                return False
+        return True
+
+    def _in_bounds(self, buf: Buffer, indices: tuple[Expr, ...]) -> bool:
+        for i, d in zip(indices, buf.shape):
+            b = arith.linear_bounds(i, self.ranges)
+            if b is None or b[0] < 0 or b[1] >= d:
+                return False
+        return True
+
     def for_(self, s: For) -> None:
         self.ranges[s.var] = (0, s.extent - 1)
         kind = s.kind
@@ -169,13 +231,18 @@ class CpuCodegen:
             return
         if kind == "vectorize":
             if self.vec is None and 1 < s.extent <= MAX_LANES and self._vectorizable(s.body, s.var):
-                self.vec = (s.var, s.extent)
-                self.ctx.env[s.var] = I64(0)
+                # Chunks of the native width: LLVM legalizes odd wide vectors (48 lanes) badly.
+                L = self.native_lanes
                 try:
-                    self.stmt(s.body)
+                    for base in range(0, s.extent, L):
+                        self.vec = (s.var, min(L, s.extent - base))
+                        self.vec_base = base
+                        self.ctx.env[s.var] = I64(base)
+                        self.stmt(s.body)
                 finally:
                     self.vec = None
-                    del self.ctx.env[s.var]
+                    self.vec_base = 0
+                    self.ctx.env.pop(s.var, None)
                 return
             log.debug("loop %s: vectorize falls back to a scalar loop", s.var.name)
         if kind == "parallel" and s.extent > 1:
@@ -257,7 +324,7 @@ class CpuCodegen:
         coef: int | None = None
         if self.vec is not None and self.vec[0] in free_vars(flat):
             coef = arith.coefficient(flat, self.vec[0], self.ranges)
-            flat = arith.simplify(substitute(flat, {self.vec[0]: Const(0, "int32")}), self.ranges) if coef is not None else flat
+            flat = arith.simplify(substitute(flat, {self.vec[0]: Const(self.vec_base, "int32")}), self.ranges) if coef is not None else flat
             if coef is None:
                 return self.ctx.bufs[buf], None  # gather: caller evaluates lane by lane
         idx = self.index(flat)
@@ -301,7 +368,7 @@ class CpuCodegen:
             return ir.IntType(1)(e.value) if e.dtype == "bool" else I64(e.value)
         if isinstance(e, Var):
             if self.vec is not None and e is self.vec[0]:
-                return ir.Constant(ir.VectorType(I64, self.vec[1]), [I64(n) for n in range(self.vec[1])])
+                return ir.Constant(ir.VectorType(I64, self.vec[1]), [I64(self.vec_base + n) for n in range(self.vec[1])])
             if e not in self.ctx.env:
                 raise CompileError(f"variable {e.name} is used outside its loop")
             return self.ctx.env[e]
@@ -332,6 +399,21 @@ class CpuCodegen:
         raise CompileError(f"cannot generate code for expression {type(e).__name__}")
 
     def load(self, e: BufferLoad) -> ir.Value:
+        if self.pad_mode and not self._in_bounds(e.buffer, e.indices):
+            lane_dep = self.vec is not None and self.vec[0] in free_vars(_flatten_idx(e))
+            if lane_dep and self.pad_lane and self.mask is None:
+                self.mask = self.expr(_conj(self.pad_lane))
+                try:
+                    return self._load(e)
+                finally:
+                    self.mask = None
+            if not lane_dep:
+                clamped = [BinOp("min", BinOp("max", i, Const(0, "int32")), Const(d - 1, "int32"))
+                           for i, d in zip(e.indices, e.buffer.shape)]
+                return self._load(BufferLoad(e.buffer, clamped))
+        return self._load(e)
+
+    def _load(self, e: BufferLoad) -> ir.Value:
         elem = ir_type(e.buffer.dtype)
         ptr, coef = self._address(e.buffer, e.indices)
         if coef is None:  # gather
@@ -340,7 +422,7 @@ class CpuCodegen:
             flat = self._flat(e.buffer, e.indices)
             out = ir.Constant(ir.VectorType(elem, lanes), ir.Undefined)
             for n in range(lanes):
-                idx = self._lane_safe(self.index(arith.simplify(substitute(flat, {var: Const(n, "int32")}), self.ranges)), n)
+                idx = self._lane_safe(self.index(arith.simplify(substitute(flat, {var: Const(self.vec_base + n, "int32")}), self.ranges)), n)
                 x = self.b.load(self.b.gep(self.ctx.bufs[e.buffer], [idx], inbounds=True))
                 out = self.b.insert_element(out, x, I32(n))
             return self._widen(out, e.buffer.dtype)
@@ -373,7 +455,7 @@ class CpuCodegen:
     def _flat_lane0(self, e: BufferLoad) -> Expr:
         flat = self._flat(e.buffer, e.indices)
         if self.vec is not None:
-            flat = arith.simplify(substitute(flat, {self.vec[0]: Const(0, "int32")}), self.ranges)
+            flat = arith.simplify(substitute(flat, {self.vec[0]: Const(self.vec_base, "int32")}), self.ranges)
         return flat
 
     def _lane_safe(self, idx: ir.Value, lane: int) -> ir.Value:
@@ -549,6 +631,19 @@ class CpuCodegen:
                 out = self.b.insert_element(out, self.b.call(fn, [self.b.extract_element(x, I32(n))]), I32(n))
             return out
         raise CompileError(f"function {e.func} is not supported")
+
+
+def _conj(parts: list[Expr]) -> Expr:
+    return parts[0] if len(parts) == 1 else Logic("and", parts)
+
+
+def _flatten_idx(e: BufferLoad) -> Expr:
+    return Logic("and", list(e.indices)) if len(e.indices) > 1 else e.indices[0]
+
+
+@contextlib.contextmanager
+def _null():  # type: ignore[no-untyped-def]
+    yield
 
 
 def _unrolled_size(s: Stmt) -> int:
