@@ -24,15 +24,18 @@ in the PTX (the launch passes 0 dynamic bytes).
 from __future__ import annotations
 
 import logging
+import math
 import re
 import time
 from typing import Any, Sequence
 
 from llvmlite import ir
 
+from .. import arith
 from ..artifact import ENTRY_SYMBOL, ArgSpec, Artifact
 from ..errors import CompileError
 from ..target import Target
+from ..te.expr import Const, substitute
 from ..te.tensor import PlaceholderOp, Tensor
 from ..tir import Block, Buffer, For, IfThenElse, PrimFunc, Stmt
 from . import optimize, target_machine
@@ -168,6 +171,37 @@ class NvptxCodegen(CpuCodegen):
             self.shared[buf] = gv
         self.ctx.bufs[buf] = self.b.addrspacecast(gv, ir_type(buf.dtype).as_pointer())
         self.stmt(s.body)
+
+    # --- vector alignment ----------------------------------------------------------
+    # The shared vector model marks vector accesses with the element's alignment;
+    # NVPTX then splits them into scalar ld/st. Every GPU buffer here starts
+    # 16-byte aligned (params, shared globals, allocas), so when the index of lane
+    # 0 is provably a multiple of the vector, say so and get ld/st.v2/v4.
+    def load(self, e: Any) -> ir.Value:
+        v = super().load(e)
+        if self.vec is not None and isinstance(v, ir.LoadInstr) and isinstance(v.type, ir.VectorType):
+            v.align = max(v.align or 0, self._vector_align(e.buffer, e.indices, v.type))
+        return v
+
+    def store(self, s: Any) -> None:
+        super().store(s)
+        last = self.b.block.instructions[-1] if self.b.block.instructions else None
+        if self.vec is not None and isinstance(last, ir.StoreInstr) and isinstance(last.operands[0].type, ir.VectorType):
+            last.align = max(last.align or 0, self._vector_align(s.buffer, s.indices, last.operands[0].type))
+
+    def _vector_align(self, buf: Buffer, indices: Any, vt: ir.VectorType) -> int:
+        assert self.vec is not None
+        flat = self._flat(buf, indices)
+        flat0 = arith.simplify(substitute(flat, {self.vec[0]: Const(0, "int32")}), self.ranges)
+        terms, c0 = arith.linear(flat0, self.ranges)
+        g = 0
+        for c in list(terms.values()) + [c0]:
+            g = math.gcd(g, abs(int(c)))
+        elem = max(1, vt.element.width // 8) if isinstance(vt.element, ir.IntType) else {
+            ir.HalfType(): 2, ir.FloatType(): 4, ir.DoubleType(): 8}.get(vt.element, 4)
+        nbytes = g * elem
+        align = 16 if nbytes == 0 else min(16, nbytes & -nbytes)
+        return min(align, elem * vt.count)
 
     # --- math without libm -------------------------------------------------------
     def call(self, e: Any) -> ir.Value:
