@@ -1,0 +1,134 @@
+#!/usr/bin/env python3
+"""Kernels side by side with numpy on this machine, in one run.
+
+For each case: numpy's GFLOPS (matmul: ``a @ b``; conv2d: im2col + matmul),
+the template's default config, a hand-picked config, and (with ``--log``) the
+best tuned config from a shared log; ratios to numpy. Rounds alternate numpy
+and kernels so machine noise hits both; medians are reported.
+
+    python benchmarks/bench_kernels.py [--quick] [--json] [--log LOG]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from devices.cpu import LoadedKernel, seeded_inputs  # noqa: E402
+from farm.workloads import build_workload, get_workload  # noqa: E402
+
+HAND = {
+    "matmul": {"tile_i": [-1, 8, 6], "tile_j": [-1, 1, 64], "tile_k": [-1, 4], "order": 1, "unroll": 2,
+               "pack_b": 1, "parallel": 1},
+    "conv2d": {"tile_k": [-1, 8], "tile_y": [-1, 1], "tile_x": [-1, 16], "tile_rc": [-1, 8], "order": 0,
+               "unroll": 2, "pad_inline": 0, "parallel": 2},
+}
+
+CASES = [  # name in the JSON, workload, shape, numpy baseline kind
+    ("matmul_512", "matmul", (512, 512, 512), "matmul"),
+    ("matmul_1024", "matmul", (1024, 1024, 1024), "matmul"),
+    ("conv2d_3x3", "conv2d", (1, 64, 56, 56, 64, 3, 1, 1), "im2col"),
+]
+
+
+def numpy_fn(kind: str, arrays: list[np.ndarray], shape: tuple[int, ...]) -> Callable[[], Any]:
+    if kind == "matmul":
+        a, b = arrays[0], arrays[1]
+        return lambda: a @ b
+    n, c, h, w, k, r, stride, pad = shape
+    x, wt = arrays[0], arrays[1]
+    wm = wt.reshape(k, c * r * r)
+
+    def im2col() -> np.ndarray:
+        xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+        win = np.lib.stride_tricks.sliding_window_view(xp, (r, r), axis=(2, 3))[:, :, ::stride, ::stride]
+        oh, ow = win.shape[2], win.shape[3]
+        cols = win.transpose(0, 1, 4, 5, 2, 3).reshape(n, c * r * r, oh * ow)
+        return np.stack([wm @ cols[i] for i in range(n)])
+    return im2col
+
+
+def time_py(fn: Callable[[], Any], min_s: float) -> float:
+    fn()
+    n, t = 1, 0.0
+    while True:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        t = time.perf_counter() - t0
+        if t >= min_s:
+            return t / n
+        n *= 2
+
+
+def best_from_log(log: str | None, workload: str, shape: tuple[int, ...]) -> Any:
+    if not log:
+        return None
+    from farm import log as flog
+
+    recs = flog.load_log(log).records
+    best = flog.best(recs, workload=workload, args=list(shape))
+    return None if best is None else best.config
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="fewer rounds and shorter timings (a few minutes at most)")
+    ap.add_argument("--json", action="store_true", help="end with one JSON object of the figures")
+    ap.add_argument("--log", help="shared log: add the best tuned config of each case")
+    ap.add_argument("--cases", help="comma-separated subset of case names")
+    args = ap.parse_args(argv)
+    rounds, min_s = (3, 0.05) if args.quick else (7, 0.2)
+    cases = [c for c in CASES if not args.cases or c[0] in args.cases.split(",")]
+    figures: dict[str, Any] = {"rounds": rounds}
+    rows = []
+    for case, wl_name, shape, base in cases:
+        wl = get_workload(wl_name)
+        variants: dict[str, Any] = {"default": "default", "hand": json.dumps({"knobs": HAND[wl_name]})}
+        tuned = best_from_log(args.log, wl_name, shape)
+        if tuned is not None:
+            variants["tuned"] = json.dumps(tuned)
+        kernels = {}
+        for v, cfg in variants.items():
+            mod = build_workload(wl_name, shape, cfg)
+            kernels[v] = LoadedKernel(mod.artifact)
+        arrays = seeded_inputs(kernels["default"].artifact.args, seed=0)
+        npf = numpy_fn(base, arrays, shape)
+        flops = wl.flops(shape)
+        samples: dict[str, list[float]] = {"numpy": [], **{v: [] for v in kernels}}
+        for _ in range(rounds):
+            samples["numpy"].append(time_py(npf, min_s))
+            for v, k in kernels.items():
+                samples[v].append(statistics.median(k.time_evaluator(arrays, 1, 3, min_s * 1e3)))
+        gf = {v: flops / statistics.median(ts) / 1e9 for v, ts in samples.items()}
+        ref = "im2col" if base == "im2col" else "numpy"
+        figures[f"{case}_numpy_gflops"] = round(gf["numpy"], 2)
+        for v in kernels:
+            figures[f"{case}_{v}_gflops"] = round(gf[v], 2)
+            figures[f"{case}_{v}_vs_{ref}"] = round(gf[v] / gf["numpy"], 3)
+        rows.append((case, shape, gf, ref))
+    print(f"{'case':<12} {'shape':<26} {'numpy':>8} {'default':>8} {'hand':>8} {'tuned':>8}  "
+          f"{'default/np':>10} {'hand/np':>8} {'tuned/np':>8}   (GFLOPS, median of {rounds} rounds)")
+    for case, shape, gf, ref in rows:
+        t = gf.get("tuned")
+        npg = gf["numpy"]
+        tuned_g = f"{t:8.1f}" if t else "       -"
+        tuned_r = f"{t / npg:8.3f}" if t else "       -"
+        print(f"{case:<12} {','.join(map(str, shape)):<26} {npg:8.1f} {gf['default']:8.1f} {gf['hand']:8.1f} "
+              f"{tuned_g}  {gf['default'] / npg:10.3f} {gf['hand'] / npg:8.3f} {tuned_r}")
+    print("numpy baseline: matmul = a @ b (OpenBLAS); conv2d = im2col + matmul in numpy")
+    if args.json:
+        print(json.dumps(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
