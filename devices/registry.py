@@ -31,6 +31,19 @@ import yaml
 
 from farm.errors import ConfigError
 
+from farm.yamlconf import Ctx as _Ctx
+from farm.yamlconf import LocatedConfigError
+from farm.yamlconf import describe as _describe
+from farm.yamlconf import join as _join
+from farm.yamlconf import read_bool as _bool
+from farm.yamlconf import read_choice as _choice
+from farm.yamlconf import read_ident as _ident
+from farm.yamlconf import read_int as _int
+from farm.yamlconf import read_readable_file as _readable_file
+from farm.yamlconf import read_seconds as _seconds
+from farm.yamlconf import read_str as _str
+from farm.yamlconf import unknown as _unknown
+
 from .targetspec import TargetSpec, TargetSyntaxError, parse_target
 
 log = logging.getLogger(__name__)
@@ -53,12 +66,8 @@ TOP_FIELDS = ("version", "defaults", "devices")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 
-class DeviceConfigError(ConfigError):
+class DeviceConfigError(LocatedConfigError):
     """One problem in a devices file, located by file, line and field."""
-
-    def __init__(self, file: str, line: int, field: str, reason: str) -> None:
-        self.file, self.line, self.field, self.reason = file, line, field, reason
-        super().__init__(f"{file}:{line}: {field}: {reason}")
 
 
 @dataclass(frozen=True)
@@ -118,125 +127,6 @@ class FleetSpec:
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(d.name for d in self.devices)
-
-
-class _Ctx:
-    """The file being read: builds located errors and converts scalar nodes."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.file = str(path)
-        self._loader = yaml.SafeLoader("")
-
-    def error(self, node: yaml.Node | None, field: str, reason: str) -> DeviceConfigError:
-        line = node.start_mark.line + 1 if node is not None else 1
-        return DeviceConfigError(self.file, line, field, reason)
-
-    def value(self, node: yaml.Node) -> Any:
-        return self._loader.construct_object(node, deep=True)
-
-    def mapping(self, node: yaml.Node, field: str) -> dict[str, tuple[yaml.Node, yaml.Node]]:
-        if not isinstance(node, yaml.MappingNode):
-            raise self.error(node, field, f"expected a mapping, got {_describe(self, node)}")
-        out: dict[str, tuple[yaml.Node, yaml.Node]] = {}
-        for knode, vnode in node.value:
-            if not isinstance(knode, yaml.ScalarNode):
-                raise self.error(knode, field, "keys must be plain names")
-            key = str(knode.value)
-            if key in out:
-                first = out[key][0].start_mark.line + 1
-                raise self.error(knode, _join(field, key), f"given twice (first at line {first})")
-            out[key] = (knode, vnode)
-        return out
-
-    def local_path(self, raw: str) -> Path:
-        p = Path(os.path.expanduser(raw))
-        return p if p.is_absolute() else (self.path.parent / p)
-
-
-def _join(prefix: str, key: str) -> str:
-    return f"{prefix}.{key}" if prefix else key
-
-
-def _describe(ctx: _Ctx, node: yaml.Node) -> str:
-    if isinstance(node, yaml.MappingNode):
-        return "a mapping"
-    if isinstance(node, yaml.SequenceNode):
-        return "a list"
-    val = ctx.value(node)
-    return "nothing" if val is None else f"{type(val).__name__} {val!r}"
-
-
-def _unknown(ctx: _Ctx, knode: yaml.Node, field: str, name: str, allowed: tuple[str, ...] | frozenset[str]) -> DeviceConfigError:
-    hint = difflib.get_close_matches(name, sorted(allowed), n=1, cutoff=0.6)
-    more = f" (did you mean {hint[0]!r}?)" if hint else f" (known: {', '.join(sorted(allowed))})"
-    return ctx.error(knode, field, f"unknown field{more}")
-
-
-# ---- typed field readers: each takes (ctx, value node, field path) ----------------
-
-def _str(ctx: _Ctx, node: yaml.Node, field: str) -> str:
-    val = ctx.value(node) if isinstance(node, yaml.ScalarNode) else node
-    if not isinstance(val, str) or not val.strip():
-        raise ctx.error(node, field, f"expected a non-empty string, got {_describe(ctx, node)}")
-    return val.strip()
-
-
-def _ident(ctx: _Ctx, node: yaml.Node, field: str) -> str:
-    val = _str(ctx, node, field)
-    if not _NAME.match(val):
-        raise ctx.error(node, field, f"{val!r} must be letters, digits, '.', '_' or '-'")
-    return val
-
-
-def _int(lo: int, hi: int) -> Callable[[_Ctx, yaml.Node, str], int]:
-    def read(ctx: _Ctx, node: yaml.Node, field: str) -> int:
-        val = ctx.value(node) if isinstance(node, yaml.ScalarNode) else node
-        if isinstance(val, bool) or not isinstance(val, int):
-            raise ctx.error(node, field, f"expected an integer, got {_describe(ctx, node)}")
-        if not lo <= val <= hi:
-            raise ctx.error(node, field, f"{val} is out of range {lo}..{hi}")
-        return val
-
-    return read
-
-
-def _bool(ctx: _Ctx, node: yaml.Node, field: str) -> bool:
-    val = ctx.value(node) if isinstance(node, yaml.ScalarNode) else node
-    if not isinstance(val, bool):
-        raise ctx.error(node, field, f"expected true or false, got {_describe(ctx, node)}")
-    return val
-
-
-def _seconds(ctx: _Ctx, node: yaml.Node, field: str) -> float:
-    val = ctx.value(node) if isinstance(node, yaml.ScalarNode) else node
-    if isinstance(val, bool) or not isinstance(val, (int, float)) or not 0 < val <= 3600:
-        raise ctx.error(node, field, f"expected seconds in (0, 3600], got {_describe(ctx, node)}")
-    return float(val)
-
-
-def _choice(options: tuple[str, ...]) -> Callable[[_Ctx, yaml.Node, str], str]:
-    def read(ctx: _Ctx, node: yaml.Node, field: str) -> str:
-        val = _str(ctx, node, field)
-        if val not in options:
-            hint = difflib.get_close_matches(val, options, n=1)
-            more = f"; did you mean {hint[0]!r}?" if hint else ""
-            raise ctx.error(node, field, f"unknown value {val!r} (one of: {', '.join(options)}){more}")
-        return val
-
-    return read
-
-
-def _readable_file(ctx: _Ctx, node: yaml.Node, field: str) -> Path:
-    path = ctx.local_path(_str(ctx, node, field))
-    if not path.is_file():
-        raise ctx.error(node, field, f"{path} does not exist or is not a file")
-    try:
-        with open(path, "rb") as fh:
-            fh.read(1)
-    except OSError as e:
-        raise ctx.error(node, field, f"{path} is not readable: {e.strerror}") from None
-    return path
 
 
 def _target(ctx: _Ctx, node: yaml.Node, field: str) -> TargetSpec:
@@ -303,7 +193,7 @@ def _device(ctx: _Ctx, node: yaml.Node, index: int, defaults: dict[str, tuple[ya
 
 def parse_fleet(text: str, path: str | Path = "<string>") -> FleetSpec:
     """Validate YAML ``text`` (read from ``path``) into a ``FleetSpec``."""
-    ctx = _Ctx(Path(path))
+    ctx = _Ctx(Path(path), DeviceConfigError)
     try:
         docs = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
     except yaml.MarkedYAMLError as e:
