@@ -28,14 +28,14 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from devices.cpu import CpuBackend  # noqa: E402
-from devices.fingerprint import cpu_fingerprint  # noqa: E402
-from farm.builder import build  # noqa: E402
-from farm.errors import FarmError  # noqa: E402
-from farm.log import LogRecord, LogWriter, load_log, measured_indices  # noqa: E402
-from farm.measure import MeasureResult, Outcome, RunOptions  # noqa: E402
-from farm.target import Target  # noqa: E402
-from farm.workloads import get_workload, parse_shape  # noqa: E402
+from devices.cpu import CpuBackend
+from devices.fingerprint import cpu_fingerprint
+from farm.builder import build
+from farm.errors import FarmError
+from farm.log import LogRecord, LogWriter, load_log, measured_indices
+from farm.measure import MeasureResult, Outcome, RunOptions
+from farm.target import Target
+from farm.workloads import get_workload, parse_shape
 
 log = logging.getLogger("record_dataset")
 

@@ -23,7 +23,8 @@ from __future__ import annotations
 import logging
 import math
 from collections import OrderedDict
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -136,7 +137,7 @@ def nest_features(func: PrimFunc, cores: int, vregs: int, lanes: int, l1: int, l
           _l2(sum(g.size for g in func.globals) * 4)]
     slots: list[tuple[Any, list[Sequence[Expr]]]] = []
     if main is not None:
-        ranges = {lp.var: (0, lp.extent - 1) for lp in loops}
+        ranges: dict[Var, tuple[int, int]] = {lp.var: (0, lp.extent - 1) for lp in loops}
         slots.append((main.buffer, [main.indices]))
         for e in walk(main.value):
             if isinstance(e, BufferLoad) and e.buffer is not main.buffer and len(slots) < BUF_SLOTS:
@@ -211,7 +212,7 @@ class FeatureExtractor:
     to lower gets NaN loop-nest features (XGBoost treats them as missing).
     """
 
-    _cache: "OrderedDict[tuple[Any, ...], list[float]]" = OrderedDict()
+    _cache: OrderedDict[tuple[Any, ...], list[float]] = OrderedDict()
     CACHE_MAX = 200_000
 
     def __init__(self, workload: str, args: Sequence[int], target: str | Target,

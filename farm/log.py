@@ -17,11 +17,13 @@ import json
 import logging
 import os
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 from .errors import FarmError
+from .logquery import best, best_per_task, history, matches, measured_indices, top_k
 from .measure import MeasureResult, Outcome, RunOptions
 
 log = logging.getLogger(__name__)
@@ -86,7 +88,7 @@ class LogRecord:
     def from_measurement(cls, *, workload: str, args: Sequence[int], target: str, config: Any,
                          result: MeasureResult, options: RunOptions | None = None, device_key: str = "",
                          fingerprint: dict[str, Any] | None = None, build_s: float = 0.0,
-                         campaign: str = "", task: str = "", timestamp: float | None = None) -> "LogRecord":
+                         campaign: str = "", task: str = "", timestamp: float | None = None) -> LogRecord:
         """Build a record from a MeasureResult; ``config`` is a ConfigEntity or its JSON dict."""
         cj = config.to_json() if hasattr(config, "to_json") else dict(config)
         return cls(
@@ -119,7 +121,7 @@ class LogRecord:
         return out
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "LogRecord":
+    def from_json(cls, d: dict[str, Any]) -> LogRecord:
         """Parse one line's object; raises KeyError/ValueError/TypeError on a bad record."""
         v = int(d["v"])
         if v > LOG_SCHEMA_VERSION:
@@ -250,10 +252,10 @@ class LogWriter:
             self._fh.close()  # closing the descriptor releases the flock
             self._fh = None
 
-    def __enter__(self) -> "LogWriter":
+    def __enter__(self) -> LogWriter:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
@@ -263,9 +265,19 @@ def write_log(path: str | os.PathLike[str], records: Iterable[LogRecord]) -> int
         return w.append(records)
 
 
-from .logquery import best, best_per_task, history, matches, measured_indices, top_k  # noqa: E402
-
 __all__ = [
-    "LOG_SCHEMA_VERSION", "LogError", "LogRecord", "LogWriter", "LoadedLog", "SkippedLine", "load_log",
-    "write_log", "best", "best_per_task", "history", "matches", "measured_indices", "top_k",
+    "LOG_SCHEMA_VERSION",
+    "LoadedLog",
+    "LogError",
+    "LogRecord",
+    "LogWriter",
+    "SkippedLine",
+    "best",
+    "best_per_task",
+    "history",
+    "load_log",
+    "matches",
+    "measured_indices",
+    "top_k",
+    "write_log",
 ]

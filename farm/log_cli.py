@@ -6,7 +6,8 @@ import datetime
 import hashlib
 import json
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from .log import LogRecord, best, best_per_task, load_log, matches
 

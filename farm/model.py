@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -47,7 +48,7 @@ class TuneContext:
                 "device_key": self.device_key, "fingerprint": self.fingerprint}
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "TuneContext":
+    def from_json(cls, d: dict[str, Any]) -> TuneContext:
         return cls(str(d["workload"]), tuple(int(a) for a in d["args"]), str(d.get("target", "llvm -mcpu=native")),
                    str(d.get("device_key", "")), dict(d.get("fingerprint") or {}))
 
@@ -102,7 +103,7 @@ class CostModel:
 
     # --- training ----------------------------------------------------------------
     def fit_arrays(self, x: np.ndarray, gflops: np.ndarray, groups: np.ndarray,
-                   sample_weight: np.ndarray | None = None) -> "CostModel":
+                   sample_weight: np.ndarray | None = None) -> CostModel:
         """Train on features ``x`` with raw GFLOPS (0 = failure) and integer task groups."""
         import xgboost as xgb
 
@@ -122,7 +123,7 @@ class CostModel:
         self.booster = xgb.train(self.params, d, num_boost_round=self.num_rounds)
         return self
 
-    def fit(self, records: Sequence[Any], weights: dict[TaskId, float] | None = None) -> "CostModel":
+    def fit(self, records: Sequence[Any], weights: dict[TaskId, float] | None = None) -> CostModel:
         """Train on shared-log records of any tasks (features from each record's own task)."""
         x, g, grp, w = self.featurize(records, weights)
         if len(x) == 0:
@@ -176,7 +177,7 @@ class ModelQuality:
                 "recall_at_k": {str(k): v for k, v in self.recall_at_k.items()}}
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "ModelQuality":
+    def from_json(cls, d: dict[str, Any]) -> ModelQuality:
         return cls(int(d["n_train"]), int(d["n_test"]), float(d["pairwise_accuracy"]),
                    {int(k): float(v) for k, v in d["recall_at_k"].items()})
 

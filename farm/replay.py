@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from .errors import FarmError
 from .log import LogRecord, load_log
@@ -50,7 +51,7 @@ class ReplayOracle:
 
     @classmethod
     def from_log(cls, path: str | os.PathLike[str], workload: str | None = None,
-                 device: str | None = None) -> "ReplayOracle":
+                 device: str | None = None) -> ReplayOracle:
         from .logquery import matches
 
         recs = [r for r in load_log(path).records if matches(r, workload=workload, device=device)]
@@ -87,6 +88,7 @@ class ReplayRun:
     best_known: float
 
     def best_after(self, trials: int) -> float:
+        """Best GFLOPS within the first ``trials`` (a run that stopped early stays at its best)."""
         if not self.best_so_far:
             return 0.0
         return self.best_so_far[min(trials, len(self.best_so_far)) - 1]
@@ -104,17 +106,18 @@ class ReplayRun:
                 "best_known": self.best_known}
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "ReplayRun":
+    def from_json(cls, d: dict[str, Any]) -> ReplayRun:
         return cls(str(d["tuner"]), int(d["seed"]), tuple(float(x) for x in d["best_so_far"]),
                    float(d["best_known"]))
 
 
 def run_replay(tuner: Any, oracle: ReplayOracle, budget: int, batch: int = 16, label: str | None = None,
-               stop_at: float | None = None) -> ReplayRun:
+               stop_at: float | None = None, min_trials: int = 0) -> ReplayRun:
     """Drive ``tuner`` (built with ``pool=oracle.pool``) for up to ``budget``
-    trials in batches; ``stop_at`` ends early once that fraction of the best
-    known is reached (the curve is then flat-extended to ``budget``)."""
-    best, traj = 0.0, []
+    trials in batches of ``batch``. With ``stop_at``, stop once best-so-far is
+    at least that fraction of the best known and ``min_trials`` are done (the
+    curve is flat after that, so ``best_after`` stays right)."""
+    best, traj = 0.0, []  # type: tuple[float, list[float]]
     while len(traj) < budget and not tuner.done:
         idx = tuner.propose(min(batch, budget - len(traj)))
         if not idx:
@@ -124,7 +127,6 @@ def run_replay(tuner: Any, oracle: ReplayOracle, budget: int, batch: int = 16, l
         for _, g in res:
             best = max(best, g)
             traj.append(best)
-        if stop_at is not None and best >= stop_at * oracle.best_known:
+        if stop_at is not None and len(traj) >= min_trials and best >= stop_at * oracle.best_known:
             break
-    traj += [best] * (budget - len(traj)) if stop_at is not None and traj else []
     return ReplayRun(label or tuner.name, tuner.seed, tuple(traj), oracle.best_known)

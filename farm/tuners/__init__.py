@@ -6,4 +6,4 @@ from .base import Candidates, Tuner
 from .basic import GATuner, GridTuner, RandomTuner
 from .xgb import XGBTuner
 
-__all__ = ["Candidates", "Tuner", "RandomTuner", "GridTuner", "GATuner", "XGBTuner"]
+__all__ = ["Candidates", "GATuner", "GridTuner", "RandomTuner", "Tuner", "XGBTuner"]

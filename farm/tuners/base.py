@@ -13,7 +13,8 @@ mutated or crossed-over choice vector snaps to the nearest pool member
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -69,7 +70,9 @@ class Candidates:
                         if len(out) == k:
                             return out
         rest = self.remaining(seen)
-        take = rng.choice(len(rest), size=min(k - len(out), len(rest)), replace=False) if len(rest) else []
+        if not len(rest):
+            return out
+        take = rng.choice(len(rest), size=min(k - len(out), len(rest)), replace=False)
         return out + [int(rest[t]) for t in take]
 
     def snap(self, ch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -163,14 +166,15 @@ class Tuner:
         """Resume or transfer from shared-log records. Records of this task count
         as measured (never proposed again); others go to ``_transfer``. Returns
         the number of this task's records loaded."""
-        own, other = [], []
+        own: list[Any] = []
+        other: list[Any] = []
         for r in records:
             (own if self._is_own(r) else other).append(r)
         pairs = []
         for r in own:
             try:  # knob values, not the index, identify a config if the template changed
                 idx = self.space.from_json({"knobs": r.knobs}).index if r.knobs else r.config_index
-            except Exception:  # knobs the current template does not know: fall back to the index
+            except (ValueError, KeyError, TypeError):  # knobs this template does not know: use the index
                 idx = r.config_index
             if 0 <= idx < self.cands.n_space:
                 pairs.append((idx, r.gflops if r.ok else 0.0))

@@ -12,8 +12,8 @@ _ROOT = str(Path(__file__).resolve().parents[2])
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
-from farm.log import LogRecord  # noqa: E402
-from farm.measure import MeasureResult, Outcome, RunOptions  # noqa: E402
+from farm.log import LogRecord
+from farm.measure import MeasureResult, Outcome, RunOptions
 
 TARGET = "llvm -mtriple=x86_64-unknown-linux-gnu -mcpu=skylake-avx512 -mattr=+avx512f,+avx2,+fma"
 FP = {"isa": "x86_64", "cores": 4, "caches": {"L1d": 32768, "L2": 1 << 20, "L3": 8 << 20}}

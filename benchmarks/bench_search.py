@@ -1,0 +1,151 @@
+"""Search benchmark: tuners replayed over real measurements.
+
+    python benchmarks/bench_search.py [--quick] [--json] [--seeds N]
+
+For each task (a matmul and a conv2d space of >= 10^5 configs, measured on
+this machine's CPU with the real compiler and CpuBackend; datasets under
+benchmarks/data/, see record_dataset.py) every tuner runs against the
+recorded data over several seeds, restricted to the recorded configs:
+
+* best GFLOPS after 64/128/256/512 trials (median over seeds), and
+* trials until 95% of the best known config of the dataset is reached
+  (median; runs continue past 512 until they reach it or exhaust ``--cap``).
+
+Tuners: random, ga, xgb, and xgb with transfer (its model seeded with the
+log of another shape of the same operator, recorded on the same device).
+The last line printed is one JSON object; ``xgb_over_random_trials_to_95``
+is the median over tasks of median(xgb) / median(random) trials to 95%.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from farm.log import load_log
+from farm.replay import ReplayOracle, ReplayRun, run_replay
+from farm.search import make_tuner
+
+DATA = ROOT / "benchmarks" / "data"
+TASKS = [
+    ("matmul", "matmul_256x256x256.jsonl.gz", "matmul_192x320x256.jsonl.gz"),
+    ("conv2d", "conv2d_1x64x40x40x32x3x1x1.jsonl.gz", "conv2d_1x32x28x28x64x3x1x1.jsonl.gz"),
+]
+CHECKPOINTS = (64, 128, 256, 512)
+GOAL = 0.95
+
+
+def run_task(name: str, data: str, source: str, seeds: int, tuners: list[str], batch: int, cap: int,
+             xgb_opts: dict[str, Any]) -> dict[str, Any]:
+    oracle = ReplayOracle.from_log(DATA / data)
+    space = oracle.space()
+    src_recs = load_log(DATA / source).records
+    out: dict[str, Any] = {"dataset": data, "transfer_source": source, "configs": len(oracle),
+                           "space_size": len(space), "best_known_gflops": oracle.best_known,
+                           "fraction_within_95": sum(g >= GOAL * oracle.best_known for g in oracle.gflops.values())
+                           / len(oracle), "tuners": {}}
+    for tname in tuners:
+        base, opts = tname, {}
+        if tname.startswith("xgb"):
+            base, opts = "xgb", dict(xgb_opts)
+            if tname == "xgb+transfer":
+                opts["transfer"] = src_recs
+        runs: list[ReplayRun] = []
+        t0 = time.perf_counter()
+        for seed in range(seeds):
+            t = make_tuner(base, space, seed=seed, context=oracle.context, pool=oracle.pool, **opts)
+            limit = len(oracle) if base in ("random", "ga") else cap
+            runs.append(run_replay(t, oracle, budget=limit, batch=batch, label=tname, stop_at=GOAL,
+                                   min_trials=max(CHECKPOINTS)))
+        reached = [r.trials_to(GOAL) for r in runs]
+        trials = [x if x is not None else len(r.best_so_far) + 1 for x, r in zip(reached, runs)]
+        out["tuners"][tname] = {
+            "best_after": {str(c): statistics.median(r.best_after(c) for r in runs) for c in CHECKPOINTS},
+            "trials_to_95": statistics.median(trials),
+            "trials_to_95_all": trials,
+            "not_reached": sum(x is None for x in reached),
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
+        print(f"  {name:<7} {tname:<13} trials to 95%: {statistics.median(trials):>6.1f}  {trials}  "
+              f"({time.perf_counter() - t0:.0f}s)", file=sys.stderr, flush=True)
+    return out
+
+
+def ratio(res: dict[str, Any], a: str, b: str) -> float | None:
+    ta, tb = res["tuners"].get(a), res["tuners"].get(b)
+    if not ta or not tb or not tb["trials_to_95"]:
+        return None
+    return ta["trials_to_95"] / tb["trials_to_95"]
+
+
+def print_table(results: dict[str, Any]) -> None:
+    for task, res in results.items():
+        best = res["best_known_gflops"]
+        print(f"\n{task}: {res['dataset']} ({res['configs']} measured configs of a {res['space_size']}-config space; "
+              f"best known {best:.1f} GFLOPS; {100 * res['fraction_within_95']:.1f}% of configs within 95%)")
+        print(f"{'tuner':<14}" + "".join(f"{'@' + str(c):>14}" for c in CHECKPOINTS)
+              + f"{'trials to 95%':>15}{'vs random':>11}")
+        for tname, r in res["tuners"].items():
+            cells = "".join(f"{r['best_after'][str(c)]:>8.1f} ({100 * r['best_after'][str(c)] / best:>3.0f}%)"
+                            for c in CHECKPOINTS)
+            rr = ratio(res, tname, "random")
+            miss = f" ({r['not_reached']} not)" if r["not_reached"] else ""
+            print(f"{tname:<14}{cells}{r['trials_to_95']:>15.1f}{(f'{rr:.2f}x' if rr else '-'):>11}{miss}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="5 seeds, a lower cap")
+    ap.add_argument("--json", action="store_true", help="also print the full results as JSON (last line)")
+    ap.add_argument("--seeds", type=int, default=0)
+    ap.add_argument("--batch", type=int, default=8, help="configs per round (devices free at once)")
+    ap.add_argument("--cap", type=int, default=0, help="max trials for model-based tuners")
+    ap.add_argument("--tuners", default="random,ga,xgb,xgb+transfer")
+    ap.add_argument("--tasks", default=",".join(t[0] for t in TASKS))
+    ap.add_argument("--objective", default="rank", choices=["rank", "reg"])
+    a = ap.parse_args(argv)
+    seeds = a.seeds or (5 if a.quick else 10)
+    cap = a.cap or (1024 if a.quick else 2048)
+    xgb_opts = {"objective": a.objective, "min_train": a.batch}
+    results: dict[str, Any] = {}
+    t0 = time.perf_counter()
+    for name, data, source in TASKS:
+        if name not in a.tasks.split(","):
+            continue
+        if not (DATA / data).exists() or not (DATA / source).exists():
+            print(f"missing dataset {DATA / data} or {DATA / source}; record it with record_dataset.py",
+                  file=sys.stderr)
+            return 2
+        results[name] = run_task(name, data, source, seeds, a.tuners.split(","), a.batch, cap, xgb_opts)
+    print_table(results)
+    ratios = {t: ratio(r, "xgb", "random") for t, r in results.items()}
+    tr = {t: ratio(r, "xgb+transfer", "random") for t, r in results.items()}
+    tx = {t: ratio(r, "xgb+transfer", "xgb") for t, r in results.items()}
+
+    def med(d: dict[str, float | None]) -> float | None:
+        v = [x for x in d.values() if x is not None]
+        return statistics.median(v) if v else None
+
+    summary = {
+        "xgb_over_random_trials_to_95": med(ratios),
+        "xgb_transfer_over_random_trials_to_95": med(tr),
+        "xgb_transfer_over_xgb_trials_to_95": med(tx),
+        "per_task": {t: {"xgb_over_random": ratios[t], "transfer_over_random": tr[t], "transfer_over_xgb": tx[t]}
+                     for t in results},
+        "seeds": seeds, "batch": a.batch, "seconds": round(time.perf_counter() - t0, 1),
+    }
+    print("\n" + "  ".join(f"{k}={v:.3f}" for k, v in summary.items() if isinstance(v, float)))
+    print(json.dumps({**summary, "tasks": results} if a.json else summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
