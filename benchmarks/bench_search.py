@@ -52,6 +52,7 @@ def run_task(name: str, data: str, source: str, seeds: int, tuners: list[str], b
                            "space_size": len(space), "best_known_gflops": oracle.best_known,
                            "fraction_within_95": sum(g >= GOAL * oracle.best_known for g in oracle.gflops.values())
                            / len(oracle), "tuners": {}}
+    out["model_quality"] = model_quality(oracle, src_recs, xgb_opts.get("objective", "rank"))
     for tname in tuners:
         base, opts = tname, {}
         if tname.startswith("xgb"):
@@ -79,6 +80,23 @@ def run_task(name: str, data: str, source: str, seeds: int, tuners: list[str], b
     return out
 
 
+def model_quality(oracle: ReplayOracle, src_recs: list[Any], objective: str) -> dict[str, Any]:
+    """Held-out ranking quality: trained on n random records of the task, or
+    only on the other shape's log (zero-shot transfer); tested on the rest."""
+    import random
+
+    recs = list(oracle.records)
+    random.Random(0).shuffle(recs)
+    out = {}
+    for n in (64, 256):
+        out[f"train_{n}"] = evaluate(CostModel(objective), recs[:n], recs[n:]).to_json()
+    out["transfer_only"] = evaluate(CostModel(objective), src_recs, recs).to_json()
+    for k, q in out.items():
+        print(f"  model {k:<13} pairwise accuracy {q['pairwise_accuracy']:.3f}  recall@k {q['recall_at_k']}",
+              file=sys.stderr)
+    return out
+
+
 def ratio(res: dict[str, Any], a: str, b: str) -> float | None:
     ta, tb = res["tuners"].get(a), res["tuners"].get(b)
     if not ta or not tb or not tb["trials_to_95"]:
@@ -91,6 +109,11 @@ def print_table(results: dict[str, Any]) -> None:
         best = res["best_known_gflops"]
         print(f"\n{task}: {res['dataset']} ({res['configs']} measured configs of a {res['space_size']}-config space; "
               f"best known {best:.1f} GFLOPS; {100 * res['fraction_within_95']:.1f}% of configs within 95%)")
+        mq = res.get("model_quality", {})
+        if mq:
+            print("cost model on held-out records: " + ", ".join(
+                f"{k}: pairwise {q['pairwise_accuracy']:.2f}, recall@32 {q['recall_at_k'].get('32', float('nan')):.2f}"
+                for k, q in mq.items()))
         print(f"{'tuner':<14}" + "".join(f"{'@' + str(c):>14}" for c in CHECKPOINTS)
               + f"{'trials to 95%':>15}{'vs random':>11}")
         for tname, r in res["tuners"].items():

@@ -29,7 +29,7 @@ class XGBTuner(Tuner):
 
     def __init__(self, space: Any, *, objective: str = "rank", num_rounds: int = 120, n_chains: int = 64,
                  sa_steps: int = 40, eps: float = 0.05, min_train: int = 16, exhaustive_limit: int = 4096,
-                 diversity: int = 2, transfer: Any = None, **kw: Any) -> None:
+                 diversity: int = 2, transfer: Any = None, max_transfer: int = 4000, **kw: Any) -> None:
         super().__init__(space, **kw)
         if self.context is None:
             raise ValueError("the xgb tuner needs a TuneContext (workload, args, target) for its features")
@@ -37,6 +37,7 @@ class XGBTuner(Tuner):
         self.fe = extractor(self.context, space)
         self.n_chains, self.sa_steps, self.eps = n_chains, sa_steps, eps
         self.min_train, self.exhaustive_limit, self.diversity = min_train, exhaustive_limit, diversity
+        self.max_transfer = max_transfer
         self._dirty = False
         self._src: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self._chains: np.ndarray | None = None
@@ -48,6 +49,9 @@ class XGBTuner(Tuner):
         self._dirty = True
 
     def _transfer(self, records: list[Any]) -> None:
+        if len(records) > self.max_transfer:  # features cost ~1 ms each: bound the start-up time
+            keep = self.rng.choice(len(records), self.max_transfer, replace=False)
+            records = [records[i] for i in sorted(keep)]
         x, g, grp, _ = CostModel.featurize(records)
         if len(x):
             self._src = (x, g, grp + 1)  # group 0 is this task
