@@ -85,15 +85,15 @@ class Driver:
     """libcuda.so.1 with checked, typed calls. One context (the device's primary one)."""
 
     def __init__(self, ordinal: int = 0, library: str | None = None) -> None:
-        lib = None
-        for name in ([library] if library else ["libcuda.so.1", "libcuda.so"]):
+        lib, names = None, [library] if library else ["libcuda.so.1", "libcuda.so"]
+        for name in names:
             try:
                 lib = ctypes.CDLL(name)
                 break
             except OSError as e:
                 err = e
         if lib is None:
-            raise CudaUnavailable(f"no CUDA driver library on this machine (libcuda.so.1: {err})")
+            raise CudaUnavailable(f"no CUDA driver library on this machine (tried {', '.join(names)}: {err})")
         self.lib = lib
         for fname, argtypes in _SIGNATURES.items():
             try:
