@@ -11,7 +11,9 @@ import sys
 # Modules that add subcommands; each defines register(subparsers).
 COMMAND_MODULES = [
     "devices.cli",
+    "farm.campaign.cli",
     "farm.cli_compile",
+    "farm.export_cli",
     "farm.log_cli",
     "rpc.cli",
 ]

@@ -1,0 +1,209 @@
+"""Campaign YAML → typed, validated spec (errors name file:line and field).
+
+    name: quickstart
+    log: runs/quickstart.jsonl        # relative to the directory `farm tune` runs in
+    devices: ../devices.yaml          # optional: bring this fleet up first (relative to this file)
+    device_keys: [local]              # queues to tune on; "local" is the embedded device
+    tuner: xgb                        # random | grid | ga | xgb
+    trials: 64                        # budget per (workload, device) task
+    batch_size: 8                     # candidates in flight per task
+    early_stopping: 48                # stop a task after this many trials without a new best
+    seed: 0
+    priority: 0                       # higher runs first when campaigns share a farm
+    timing: {number: 1, repeat: 3, min_repeat_ms: 20, timeout_s: 10}
+    build_timeout_s: 60
+    transfer: true                    # seed cost models from other tasks in the log
+    workloads:
+      - {name: matmul, shape: [256, 256, 256]}
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..measure import RunOptions
+from ..yamlconf import (Ctx, LocatedConfigError, compose, describe, read_bool, read_choice, read_ident, read_int,
+                        read_str, unknown)
+
+TUNERS = ("random", "grid", "ga", "xgb")
+TOP = ("name", "log", "devices", "device_keys", "tuner", "trials", "batch_size", "early_stopping", "seed",
+       "priority", "timing", "build_timeout_s", "transfer", "workloads", "target")
+TIMING = ("number", "repeat", "min_repeat_ms", "cooldown_ms", "timeout_s", "check", "rtol")
+
+
+class CampaignConfigError(LocatedConfigError):
+    """A problem in a campaign file, located by file, line and field."""
+
+
+@dataclass(frozen=True)
+class WorkloadSpec:
+    name: str
+    shape: tuple[int, ...]
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class CampaignSpec:
+    name: str
+    workloads: tuple[WorkloadSpec, ...]
+    log: Path
+    device_keys: tuple[str, ...] = ("local",)
+    devices_file: Path | None = None
+    tuner: str = "xgb"
+    trials: int = 64
+    batch_size: int = 8
+    early_stopping: int | None = None
+    seed: int = 0
+    priority: int = 0
+    timing: RunOptions = field(default_factory=lambda: RunOptions(repeat=3, min_repeat_ms=20, timeout_s=10))
+    build_timeout_s: float = 60.0
+    transfer: bool = True
+    target: str | None = None  # override the target read from the device fingerprint
+    path: Path | None = None
+
+    def with_overrides(self, *, trials: int | None = None, log: str | None = None) -> "CampaignSpec":
+        out = self
+        if trials is not None:
+            if trials < 1:
+                raise CampaignConfigError("--trials", 0, "trials", f"must be >= 1, got {trials}")
+            out = replace(out, trials=trials)
+        if log is not None:
+            out = replace(out, log=Path(log))
+        return out
+
+
+def _float(lo: float, hi: float) -> Any:
+    def read(ctx: Ctx, node: yaml.Node, fld: str) -> float:
+        val = ctx.value(node) if isinstance(node, yaml.ScalarNode) else node
+        if isinstance(val, bool) or not isinstance(val, (int, float)) or not lo <= val <= hi:
+            raise ctx.error(node, fld, f"expected a number in [{lo}, {hi}], got {describe(ctx, node)}")
+        return float(val)
+    return read
+
+
+def _list(ctx: Ctx, node: yaml.Node, fld: str) -> list[yaml.Node]:
+    if not isinstance(node, yaml.SequenceNode):
+        raise ctx.error(node, fld, f"expected a list, got {describe(ctx, node)}")
+    if not node.value:
+        raise ctx.error(node, fld, "the list is empty")
+    return list(node.value)
+
+
+def _workload(ctx: Ctx, node: yaml.Node, n: int) -> WorkloadSpec:
+    from ..errors import ConfigError
+    from ..workloads import get_workload, list_workloads
+
+    where = f"workloads[{n}]"
+    m = ctx.mapping(node, where)
+    for k, (knode, _) in m.items():
+        if k not in ("name", "shape"):
+            raise unknown(ctx, knode, f"{where}.{k}", k, ("name", "shape"))
+    if "name" not in m:
+        raise ctx.error(node, f"{where}.name", "missing (which workload to tune)")
+    if "shape" not in m:
+        raise ctx.error(node, f"{where}.shape", "missing (e.g. shape: [512, 512, 512])")
+    nnode = m["name"][1]
+    name = read_str(ctx, nnode, f"{where}.name")
+    try:
+        wl = get_workload(name)
+    except ConfigError:
+        known = ", ".join(w.name for w in list_workloads())
+        raise ctx.error(nnode, f"{where}.name", f"unknown workload {name!r} (known: {known})") from None
+    snode = m["shape"][1]
+    shape = [read_int(1 if wl.params[i] != "pad" else 0, 1 << 20)(ctx, x, f"{where}.shape[{i}]")
+             for i, x in enumerate(_list(ctx, snode, f"{where}.shape"))]
+    try:
+        args = wl.check_args(shape)
+    except ConfigError as e:
+        raise ctx.error(snode, f"{where}.shape", str(e)) from None
+    return WorkloadSpec(name, args, f"{ctx.file}:{node.start_mark.line + 1}")
+
+
+def parse_campaign(text: str, path: str | Path = "<string>") -> CampaignSpec:
+    ctx = Ctx(Path(path), CampaignConfigError)
+    root = compose(text, path, CampaignConfigError)
+    if root is None:
+        raise CampaignConfigError(str(path), 1, "workloads", "the file is empty; expected a campaign mapping")
+    top = ctx.mapping(root, "(top level)")
+    for k, (knode, _) in top.items():
+        if k not in TOP:
+            raise unknown(ctx, knode, k, k, TOP)
+    if "workloads" not in top:
+        raise ctx.error(root, "workloads", "missing: list the workloads and shapes to tune")
+    v: dict[str, Any] = {}
+    base = Path(path).parent
+
+    def get(key: str, reader: Any) -> None:
+        if key in top:
+            v[key] = reader(ctx, top[key][1], key)
+
+    get("name", read_ident)
+    get("tuner", read_choice(TUNERS))
+    get("trials", read_int(1, 1_000_000))
+    get("batch_size", read_int(1, 4096))
+    get("early_stopping", read_int(1, 1_000_000))
+    get("seed", read_int(0, 2**31 - 1))
+    get("priority", read_int(-1000, 1000))
+    get("build_timeout_s", _float(0.1, 3600))
+    get("transfer", read_bool)
+    get("log", read_str)
+    get("target", read_str)
+    if "target" in v:
+        from ..errors import TargetError
+        from ..target import Target
+        try:
+            Target.parse(v["target"])
+        except TargetError as e:
+            raise ctx.error(top["target"][1], "target", str(e)) from None
+    if "devices" in top:
+        p = Path(read_str(ctx, top["devices"][1], "devices")).expanduser()
+        p = p if p.is_absolute() else base / p
+        if not p.is_file():
+            raise ctx.error(top["devices"][1], "devices", f"{p} does not exist")
+        v["devices_file"] = p
+    if "device_keys" in top:
+        v["device_keys"] = tuple(read_ident(ctx, x, f"device_keys[{i}]")
+                                 for i, x in enumerate(_list(ctx, top["device_keys"][1], "device_keys")))
+        if len(set(v["device_keys"])) != len(v["device_keys"]):
+            raise ctx.error(top["device_keys"][1], "device_keys", "a key is listed twice")
+    timing = RunOptions(repeat=3, min_repeat_ms=20, timeout_s=10)
+    if "timing" in top:
+        tm = ctx.mapping(top["timing"][1], "timing")
+        kw: dict[str, Any] = {}
+        readers = {"number": read_int(1, 1 << 20), "repeat": read_int(1, 1000), "min_repeat_ms": _float(0, 60_000),
+                   "cooldown_ms": _float(0, 60_000), "timeout_s": _float(0.1, 3600), "check": read_bool,
+                   "rtol": _float(1e-9, 1.0)}
+        for k, (knode, vnode) in tm.items():
+            if k not in TIMING:
+                raise unknown(ctx, knode, f"timing.{k}", k, TIMING)
+            kw[k] = readers[k](ctx, vnode, f"timing.{k}")
+        timing = replace(timing, **kw)
+    wls = tuple(_workload(ctx, n, i) for i, n in enumerate(_list(ctx, top["workloads"][1], "workloads")))
+    seen: dict[tuple[str, tuple[int, ...]], str] = {}
+    for w, n in zip(wls, top["workloads"][1].value):
+        if (w.name, w.shape) in seen:
+            raise ctx.error(n, "workloads", f"{w.name} {list(w.shape)} is listed twice (first at {seen[(w.name, w.shape)]})")
+        seen[(w.name, w.shape)] = w.source
+    name = v.get("name", Path(path).stem if str(path) != "<string>" else "campaign")
+    return CampaignSpec(
+        name=name, workloads=wls, log=Path(v.get("log", f"runs/{name}.jsonl")),
+        device_keys=v.get("device_keys", ("local",)), devices_file=v.get("devices_file"),
+        tuner=v.get("tuner", "xgb"), trials=v.get("trials", 64), batch_size=v.get("batch_size", 8),
+        early_stopping=v.get("early_stopping"), seed=v.get("seed", 0), priority=v.get("priority", 0),
+        timing=timing, build_timeout_s=v.get("build_timeout_s", 60.0), transfer=v.get("transfer", True),
+        target=v.get("target"), path=Path(path),
+    )
+
+
+def load_campaign(path: str | Path) -> CampaignSpec:
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise CampaignConfigError(str(p), 0, "(file)", f"cannot read: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise CampaignConfigError(str(p), 0, "(file)", "not a text file") from None
+    return parse_campaign(text, p)

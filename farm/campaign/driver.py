@@ -1,0 +1,308 @@
+"""The campaign driver: tuners propose, Ray builds, the farm measures, the log keeps.
+
+One loop, no threads of its own: it keeps every (workload, device) task's
+batch full (builds pipelined ahead of free devices), turns finished builds
+into jobs on the tracker, and finished jobs into log records and tuner
+observations. A config is planned once and ends in the log exactly once,
+measured or with a classified outcome; a rerun on the same log resumes.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from ..artifact import Artifact
+from ..errors import FarmError
+from ..measure import MeasureResult, Outcome
+from .config import CampaignSpec, WorkloadSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Task:
+    """One (workload, device key) tuning task."""
+
+    wl: WorkloadSpec
+    key: str
+    target: str
+    fingerprint: dict[str, Any]
+    space: Any
+    tuner: Any
+    budget: int
+    flops: float
+    done_trials: int = 0
+    errors: int = 0
+    best_gflops: float = 0.0
+    best_index: int | None = None
+    default_gflops: float | None = None
+    pending: list[int] = field(default_factory=list)  # proposed, not yet built
+    builds: dict[Any, tuple[int, float]] = field(default_factory=dict)  # ray ref -> (index, started)
+    jobs: dict[int, tuple[Any, float]] = field(default_factory=dict)  # index -> (Job, build_s)
+    history: list[tuple[int, float]] = field(default_factory=list)  # (trial, best so far)
+    finished: bool = False
+
+    @property
+    def name(self) -> str:
+        return f"{self.wl.name}({','.join(map(str, self.wl.shape))})@{self.key}"
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.pending) + len(self.builds) + len(self.jobs)
+
+
+@dataclass(frozen=True)
+class TaskSummary:
+    task: str
+    workload: str
+    shape: tuple[int, ...]
+    device_key: str
+    trials: int
+    errors: int
+    best_gflops: float
+    best_index: int | None
+    default_gflops: float | None
+
+    @property
+    def speedup(self) -> float | None:
+        if self.default_gflops and self.best_gflops:
+            return self.best_gflops / self.default_gflops
+        return None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"task": self.task, "workload": self.workload, "shape": list(self.shape), "device_key": self.device_key,
+                "trials": self.trials, "errors": self.errors, "best_gflops": self.best_gflops,
+                "best_index": self.best_index, "default_gflops": self.default_gflops, "speedup": self.speedup}
+
+
+@dataclass
+class CampaignResult:
+    name: str
+    log: Path
+    tasks: list[TaskSummary]
+    wall_s: float
+    measured: int
+    resumed: int
+    build_nodes: dict[str, int]
+    device_idle_fraction: float
+    builds_s: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"campaign": self.name, "log": str(self.log), "tasks": [t.to_json() for t in self.tasks],
+                "wall_s": self.wall_s, "measured": self.measured, "resumed": self.resumed,
+                "build_nodes": self.build_nodes, "device_idle_fraction": self.device_idle_fraction,
+                "builds_s": self.builds_s}
+
+
+class CampaignRunner:
+    """Runs one campaign against a farm session; Ray must be initialized."""
+
+    def __init__(self, spec: CampaignSpec, session: Any, on_progress: Callable[[list[Task], dict[str, Any]], None] | None = None) -> None:
+        self.spec = spec
+        self.session = session
+        self.on_progress = on_progress
+        self.tasks: list[Task] = []
+        self.build_nodes: dict[str, int] = {}
+        self.resumed = 0
+        self.measured = 0
+        self.builds_s = 0.0
+        self._idle_s = 0.0
+        self._busy_since: float | None = None
+
+    # --- setup -------------------------------------------------------------------
+    def _make_tasks(self, records: list[Any]) -> None:
+        from ..model import TuneContext
+        from ..search import make_tuner
+        from ..workloads import get_workload
+        from ..client_api import target_of
+
+        for key in self.spec.device_keys:
+            devs = self.session.client.describe(key)
+            if not devs:
+                raise FarmError(f"no device is registered under key {key!r}; start one (farm serve / farm devices up)")
+            fp = dict(devs[0].get("fingerprint") or {})
+            target = self.spec.target or target_of(fp)
+            for n, w in enumerate(self.spec.workloads):
+                wl = get_workload(w.name)
+                space = wl.space(w.shape, target)
+                ctx = TuneContext(w.name, tuple(w.shape), target, key, fp)
+                tuner = make_tuner(self.spec.tuner, space, seed=self.spec.seed + 7919 * n,
+                                   context=ctx, early_stopping=self.spec.early_stopping)
+                mine = [r for r in records if r.workload == w.name and tuple(r.args) == tuple(w.shape)
+                        and r.device_key == key]
+                hist = records if self.spec.transfer else mine
+                own = tuner.load_history(hist) if hist else 0
+                task = Task(w, key, target, fp, space, tuner, self.spec.trials, wl.flops(w.shape), done_trials=own)
+                self.resumed += own
+                for r in mine:
+                    self._note(task, r.config_index, r.gflops if r.ok else 0.0, r.ok)
+                if 0 not in tuner.visited:
+                    tuner.visited.add(0)  # the template default is measured first: it is the speedup baseline
+                    task.pending.append(0)
+                self.tasks.append(task)
+
+    def _note(self, task: Task, index: int, gflops: float, ok: bool) -> None:
+        if index == 0 and ok:
+            task.default_gflops = gflops
+        if not ok:
+            task.errors += 1
+        if gflops > task.best_gflops:
+            task.best_gflops, task.best_index = gflops, index
+        task.history.append((len(task.history) + 1, task.best_gflops))
+
+    # --- the loop ------------------------------------------------------------------
+    def run(self) -> CampaignResult:
+        from ..log import LogWriter, load_log
+        from .builds import remote_build
+
+        t_start = time.monotonic()
+        records = load_log(self.spec.log).records if self.spec.log.exists() else []
+        self._make_tasks(records)
+        build = remote_build()
+        self.spec.log.parent.mkdir(parents=True, exist_ok=True)
+        last_flush = last_progress = time.monotonic()
+        pending_records: list[Any] = []
+        with LogWriter(self.spec.log) as writer:
+            while True:
+                active = [t for t in self.tasks if not self._task_done(t)]
+                if not active:
+                    break
+                progressed = False
+                for t in active:
+                    self._fill(t, build)
+                progressed |= self._collect_builds(pending_records)
+                progressed |= self._collect_jobs(pending_records)
+                now = time.monotonic()
+                self._account_idle(now)
+                if pending_records and (len(pending_records) >= self.spec.batch_size or now - last_flush > 1.0):
+                    writer.append(pending_records)
+                    pending_records = []
+                    last_flush = now
+                if self.on_progress and now - last_progress > 0.5:
+                    self.on_progress(self.tasks, self._devices())
+                    last_progress = now
+                if not progressed:
+                    time.sleep(0.01)
+            if pending_records:
+                writer.append(pending_records)
+        if self.on_progress:
+            self.on_progress(self.tasks, self._devices())
+        wall = time.monotonic() - t_start
+        return CampaignResult(
+            self.spec.name, self.spec.log, [self._summary(t) for t in self.tasks], wall, self.measured, self.resumed,
+            dict(self.build_nodes), self._idle_s / wall if wall > 0 else 0.0, self.builds_s)
+
+    def _task_done(self, t: Task) -> bool:
+        if t.in_flight:
+            return False
+        if t.done_trials >= t.budget or t.tuner.done:
+            t.finished = True
+        return t.finished
+
+    def _fill(self, t: Task, build: Any) -> None:
+        room = min(self.spec.batch_size - t.in_flight, t.budget - t.done_trials - t.in_flight)
+        if room > 0 and not t.tuner.done:
+            t.pending.extend(t.tuner.propose(room))
+        for idx in t.pending:
+            ref = build.remote(t.wl.name, list(t.wl.shape), idx, t.target)
+            t.builds[ref] = (idx, time.monotonic())
+        t.pending.clear()
+
+    def _collect_builds(self, out: list[Any]) -> bool:
+        import ray
+
+        refs = [r for t in self.tasks for r in t.builds]
+        if not refs:
+            return False
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+        done = set(ready)
+        progressed = False
+        now = time.monotonic()
+        for t in self.tasks:
+            for ref, (idx, started) in list(t.builds.items()):
+                if ref in done:
+                    del t.builds[ref]
+                    progressed = True
+                    try:
+                        res = ray.get(ref)
+                    except Exception as e:  # noqa: BLE001 - a crashed build worker (e.g. LLVM abort)
+                        res = {"ok": False, "outcome": "COMPILE_ERROR", "message": f"build worker died: {type(e).__name__}: {e}",
+                               "build_s": now - started, "node": ""}
+                    self._built(t, idx, res, out)
+                elif now - started > self.spec.build_timeout_s:
+                    del t.builds[ref]
+                    ray.cancel(ref, force=True)
+                    progressed = True
+                    self._record(t, idx, MeasureResult.error(Outcome.BUILD_TIMEOUT,
+                                 f"build took longer than {self.spec.build_timeout_s:g}s", flops=t.flops),
+                                 self.spec.build_timeout_s, out)
+        return progressed
+
+    def _built(self, t: Task, idx: int, res: dict[str, Any], out: list[Any]) -> None:
+        node = str(res.get("node") or "local")
+        self.build_nodes[node] = self.build_nodes.get(node, 0) + 1
+        self.builds_s += float(res.get("build_s", 0.0))
+        if not res.get("ok"):
+            self._record(t, idx, MeasureResult.error(Outcome(res["outcome"]), str(res["message"]), flops=t.flops),
+                         float(res.get("build_s", 0.0)), out)
+            return
+        try:
+            art = Artifact.from_header(res["header"], res["code"])
+            job = self.session.submit(art, key=t.key, options=self.spec.timing, priority=self.spec.priority)
+        except Exception as e:  # noqa: BLE001 - the farm refused the job: classify, keep going
+            self._record(t, idx, MeasureResult.error(Outcome.DEVICE_LOST, f"submit failed: {type(e).__name__}: {e}",
+                                                     flops=t.flops), float(res["build_s"]), out)
+            return
+        t.jobs[idx] = (job, float(res["build_s"]))
+
+    def _collect_jobs(self, out: list[Any]) -> bool:
+        progressed = False
+        for t in self.tasks:
+            for idx, (job, build_s) in list(t.jobs.items()):
+                if not job.done():
+                    continue
+                del t.jobs[idx]
+                progressed = True
+                try:
+                    result = job.result(0)
+                except Exception as e:  # noqa: BLE001 - connection lost, deadline: classified, not lost
+                    result = MeasureResult.error(Outcome.DEVICE_LOST, f"{type(e).__name__}: {e}", flops=t.flops)
+                self._record(t, idx, result, build_s, out)
+        return progressed
+
+    def _record(self, t: Task, idx: int, result: MeasureResult, build_s: float, out: list[Any]) -> None:
+        from ..log import LogRecord
+
+        cfg = t.space.get(idx)
+        out.append(LogRecord.from_measurement(
+            workload=t.wl.name, args=t.wl.shape, target=t.target, config=cfg, result=result,
+            options=self.spec.timing, device_key=t.key, fingerprint=t.fingerprint, build_s=build_s,
+            campaign=self.spec.name, task=t.name))
+        g = result.gflops if result.ok else 0.0
+        t.tuner.observe([(idx, g)])
+        t.done_trials += 1
+        self.measured += 1
+        self._note(t, idx, g, result.ok)
+        if not result.ok:
+            log.info("%s config %d: %s %s", t.name, idx, result.outcome.value, result.message[:200])
+
+    def _account_idle(self, now: float) -> None:
+        busy = any(t.jobs for t in self.tasks)
+        if not hasattr(self, "_last_tick"):
+            self._last_tick = now
+        if not busy:
+            self._idle_s += now - self._last_tick
+        self._last_tick = now
+
+    def _devices(self) -> dict[str, Any]:
+        try:
+            return dict(self.session.summary())
+        except Exception:  # noqa: BLE001 - progress only
+            return {}
+
+    def _summary(self, t: Task) -> TaskSummary:
+        return TaskSummary(t.name, t.wl.name, t.wl.shape, t.key, t.done_trials, t.errors, t.best_gflops,
+                           t.best_index, t.default_gflops)

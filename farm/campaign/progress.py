@@ -1,0 +1,80 @@
+"""Live campaign progress: a redrawn block on a terminal, plain log lines otherwise."""
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, TextIO
+
+
+class Progress:
+    """Call with (tasks, tracker summary); writes to ``stream`` (stderr by default)."""
+
+    def __init__(self, stream: TextIO | None = None, tty: bool | None = None, every_s: float = 5.0) -> None:
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty() if tty is None else tty
+        self.every_s = every_s
+        self._lines = 0
+        self._last_plain = 0.0
+        self._finished: set[str] = set()
+        self._t0 = time.monotonic()
+
+    def __call__(self, tasks: list[Any], summary: dict[str, Any]) -> None:
+        if self.tty:
+            self._redraw(tasks, summary)
+        else:
+            self._plain(tasks, summary)
+
+    def _task_line(self, t: Any) -> str:
+        bar_w = 20
+        frac = min(1.0, t.done_trials / max(1, t.budget))
+        bar = "#" * int(frac * bar_w) + "." * (bar_w - int(frac * bar_w))
+        state = "done" if t.finished else f"{t.in_flight:>2} in flight"
+        return (f"{t.name:<44} [{bar}] {t.done_trials:>4}/{t.budget:<4} best {t.best_gflops:8.2f} GFLOPS  "
+                f"errors {t.errors:<3} {state}")
+
+    def _devices_line(self, summary: dict[str, Any]) -> str:
+        keys = summary.get("keys") or {}
+        parts = [f"{k}: {v.get('busy', 0)} busy / {v.get('free', 0)} free / {v.get('pending', 0)} queued"
+                 for k, v in sorted(keys.items())]
+        return "devices  " + ("; ".join(parts) if parts else "(no summary)")
+
+    def _redraw(self, tasks: list[Any], summary: dict[str, Any]) -> None:
+        lines = [self._task_line(t) for t in tasks] + [self._devices_line(summary),
+                                                        f"elapsed {time.monotonic() - self._t0:6.1f}s"]
+        out = ""
+        if self._lines:
+            out += f"\x1b[{self._lines}F"
+        out += "".join(f"\x1b[2K{ln}\n" for ln in lines)
+        self.stream.write(out)
+        self.stream.flush()
+        self._lines = len(lines)
+
+    def _plain(self, tasks: list[Any], summary: dict[str, Any]) -> None:
+        now = time.monotonic()
+        newly = [t for t in tasks if t.finished and t.name not in self._finished]
+        if not newly and now - self._last_plain < self.every_s:
+            return
+        self._last_plain = now
+        for t in tasks:
+            if t.finished and t.name in self._finished:
+                continue
+            self.stream.write(f"[{now - self._t0:7.1f}s] {self._task_line(t)}\n")
+            if t.finished:
+                self._finished.add(t.name)
+        self.stream.write(f"[{now - self._t0:7.1f}s] {self._devices_line(summary)}\n")
+        self.stream.flush()
+
+
+def results_table(result: Any) -> str:
+    """The final table: best config per (workload, device), GFLOPS, speedup over the default."""
+    head = f"{'workload':<18} {'shape':<26} {'device':<10} {'trials':>6} {'errors':>6} {'best GFLOPS':>12} " \
+           f"{'default':>9} {'speedup':>8}  best config"
+    rows = [head, "-" * len(head)]
+    for t in result.tasks:
+        sp = f"{t.speedup:7.2f}x" if t.speedup else "       -"
+        dg = f"{t.default_gflops:9.2f}" if t.default_gflops else "        -"
+        rows.append(f"{t.workload:<18} {','.join(map(str, t.shape)):<26} {t.device_key:<10} {t.trials:>6} "
+                    f"{t.errors:>6} {t.best_gflops:12.2f} {dg} {sp}  {t.best_index if t.best_index is not None else '-'}")
+    rows.append(f"log: {result.log}   ({result.measured} measured now, {result.resumed} resumed from the log, "
+                f"{result.wall_s:.1f}s)")
+    return "\n".join(rows)
