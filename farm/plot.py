@@ -1,0 +1,106 @@
+"""Tuning curves: best-so-far GFLOPS against trial number, one line per task.
+
+The series are computed without matplotlib (:func:`tuning_curves`), so they
+can be tested and reused; only :func:`plot_curves` needs it, imported lazily
+with the non-interactive Agg backend so it works on headless nodes.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from .errors import FarmError
+from .log import LogRecord
+from .logquery import TaskKey, matches
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = "pip install 'kernelfarm[plot]'"
+
+
+class PlotError(FarmError):
+    """matplotlib is missing, or there is nothing to plot."""
+
+
+@dataclass
+class TaskCurve:
+    """One task's trials in log order: every measurement counts as a trial,
+    failures included (they spent a device slot), with 0 GFLOPS."""
+
+    task: TaskKey
+    gflops: list[float] = field(default_factory=list)
+    best: list[float] = field(default_factory=list)
+    errors: int = 0
+
+    @property
+    def label(self) -> str:
+        name, args, device = self.task
+        return f"{name}({','.join(map(str, args))}) on {device}"
+
+    @property
+    def trials(self) -> int:
+        return len(self.gflops)
+
+    def add(self, r: LogRecord) -> None:
+        g = r.gflops if r.ok else 0.0
+        self.errors += 0 if r.ok else 1
+        self.gflops.append(g)
+        self.best.append(max(g, self.best[-1] if self.best else 0.0))
+
+
+def tuning_curves(records: Iterable[LogRecord], workload: str | None = None,
+                  device: str | None = None) -> list[TaskCurve]:
+    """Best-so-far series per (workload instance, device key), sorted by task."""
+    curves: dict[TaskKey, TaskCurve] = {}
+    for r in records:
+        if not matches(r, workload=workload, device=device):
+            continue
+        key = (r.workload, r.args, r.device_key)
+        curves.setdefault(key, TaskCurve(key)).add(r)
+    return [curves[k] for k in sorted(curves)]
+
+
+def _pyplot() -> object:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # headless: no display on cluster nodes
+        import matplotlib.pyplot as plt
+    except ImportError as e:
+        raise PlotError(f"plotting needs matplotlib: {INSTALL_HINT}") from e
+    return plt
+
+
+def plot_curves(curves: list[TaskCurve], out: str | os.PathLike[str], title: str = "",
+                show_trials: bool = True) -> None:
+    """Draw ``curves`` into an image file (format from the extension: .png, .svg, .pdf)."""
+    if not curves:
+        raise PlotError("no measurements to plot (check --workload / --device)")
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(9, 5.5), dpi=120)  # type: ignore[attr-defined]
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]  # type: ignore[attr-defined]
+    for i, c in enumerate(curves):
+        color = colors[i % len(colors)]
+        xs = list(range(1, c.trials + 1))
+        label = f"{c.label}: best {c.best[-1]:.1f} GFLOPS in {c.trials} trials"
+        if c.errors:
+            label += f", {c.errors} failed"
+        ax.step(xs, c.best, where="post", color=color, linewidth=2.0, label=label)
+        if show_trials:
+            # Each measurement as a faint dot: shows how much the tuner explores.
+            ok = [(x, g) for x, g in zip(xs, c.gflops) if g > 0]
+            if ok:
+                ax.scatter(*zip(*ok), s=9, color=color, alpha=0.25, linewidths=0)
+    ax.set_xlabel("trial (measurements of the task, in log order)")
+    ax.set_ylabel("GFLOPS (best so far; dots: each trial)" if show_trials else "best-so-far GFLOPS")
+    ax.set_title(title or "Tuning progress: best-so-far GFLOPS per task")
+    ax.set_xlim(left=0)
+    ax.set_ylim(bottom=0)
+    ax.grid(True, which="major", alpha=0.35)
+    ax.legend(loc="lower right", fontsize=8, framealpha=0.9)
+    fig.tight_layout()
+    fig.savefig(os.fspath(out))
+    plt.close(fig)  # type: ignore[attr-defined]
+    log.info("wrote %s (%d tasks)", out, len(curves))
