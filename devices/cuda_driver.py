@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import ctypes
 import logging
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from farm.errors import FarmError
 
@@ -101,9 +102,10 @@ class Driver:
             except AttributeError as e:
                 raise CudaUnavailable(f"the CUDA driver is too old: it lacks {fname}") from e
             fn.argtypes, fn.restype = argtypes, _i32
-        self._elapsed = next((getattr(lib, n) for n in _ELAPSED if hasattr(lib, n)), None)
-        if self._elapsed is None:
+        elapsed = next((getattr(lib, n) for n in _ELAPSED if hasattr(lib, n)), None)
+        if elapsed is None:
             raise CudaUnavailable("the CUDA driver lacks cuEventElapsedTime")
+        self._elapsed: Any = elapsed
         self._elapsed.argtypes, self._elapsed.restype = [ctypes.POINTER(ctypes.c_float), _vp, _vp], _i32
         try:
             self.check("cuInit", lib.cuInit(0))

@@ -13,8 +13,9 @@ as in TVM: both loop variables read ``threadIdx.x``.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from ..errors import CompileError
 from ..lowering import _Lowerer

@@ -27,7 +27,8 @@ import logging
 import math
 import re
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from llvmlite import ir
 
@@ -39,8 +40,15 @@ from ..te.expr import Const, substitute
 from ..te.tensor import PlaceholderOp, Tensor
 from ..tir import Block, Buffer, For, IfThenElse, PrimFunc, Stmt
 from . import optimize, target_machine
-from .gpu_lower import (MAX_STATIC_SHARED_BYTES, MAX_THREADS_PER_BLOCK, Launch, analyze_launch, barrier_plan, lower_gpu,
-                        writes_shared)
+from .gpu_lower import (
+    MAX_STATIC_SHARED_BYTES,
+    MAX_THREADS_PER_BLOCK,
+    Launch,
+    analyze_launch,
+    barrier_plan,
+    lower_gpu,
+    writes_shared,
+)
 from .llvm_cpu import FAST, CpuCodegen, ir_type
 from .runtime import I32, I64
 

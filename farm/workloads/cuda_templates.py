@@ -19,7 +19,8 @@ conv tiles) are rejected at build time as invalid configs, as in AutoTVM.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from .. import te
 from ..schedule import Schedule, Stage
@@ -27,7 +28,7 @@ from ..target import Target
 from ..te.expr import IterVar
 from ..te.tensor import Tensor
 from . import _REGISTRY, register
-from . import conv as _conv, gemm as _gemm  # noqa: F401  (the CPU registrations come first)
+from . import conv as _conv
 from .conv import out_size
 
 _THREAD_AXES = ("threadIdx.z", "threadIdx.y", "threadIdx.x")

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import random
-from typing import Sequence
+from collections.abc import Sequence
 
 
 def random_configs(name: str, shape: Sequence[int], target: str, n: int, seed: int) -> list[int]:

@@ -4,7 +4,8 @@ match numpy; and the code generator's GPU rules hold."""
 from __future__ import annotations
 
 import zlib
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pytest
@@ -94,7 +95,7 @@ def _tiny_schedule(bind_copy_wide: bool, root_stage: bool = False) -> Any:
     if b is None:
         sh = s.cache_read(a, "shared", [c])
         s[sh].compute_at(s[c], i)
-        co, ci = s[sh].split(s[sh].op.axis[0], factor=16 if bind_copy_wide else 8)
+        _, ci = s[sh].split(s[sh].op.axis[0], factor=16 if bind_copy_wide else 8)
         s[sh].bind(ci, "threadIdx.x")
     return s, [a, c]
 
