@@ -27,6 +27,8 @@ def register(sub: Any) -> None:
     q.add_argument("--device", help="only this device key")
     q.add_argument("--title", default="", help="chart title")
     q.add_argument("--no-trials", action="store_true", help="draw only the best-so-far lines, not each trial")
+    q.add_argument("--yscale", choices=["auto", "linear", "log"], default="auto",
+                   help="GFLOPS axis; auto: log when the tasks' bests differ more than 20x")
     q.set_defaults(func=cmd_plot)
 
 
@@ -60,7 +62,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
     loaded = load_log(args.log)
     curves = tuning_curves(loaded.records, workload=args.workload, device=args.device)
     try:
-        plot_curves(curves, args.output, title=args.title, show_trials=not args.no_trials)
+        plot_curves(curves, args.output, title=args.title, show_trials=not args.no_trials,
+                    yscale=args.yscale)
     except PlotError as e:
         print(f"farm plot: {e}", file=sys.stderr)
         return 1

@@ -25,8 +25,9 @@ import hashlib
 import json
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -48,7 +49,7 @@ def _arch(triple: str) -> str:
 
 
 def _llvm() -> Any:
-    import llvmlite.binding as llvm
+    import llvmlite.binding as llvm  # type: ignore[import-untyped]
 
     # llvmlite >= 0.45 initializes the core itself (and rejects initialize()).
     llvm.initialize_native_target()
@@ -208,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     s = k.time(*ins, *outs, number=a.number)
     wl = k.meta.get("workload") or {}
     gflops = k.flops / s / 1e9 if s > 0 else 0.0
-    print(f"{wl.get('name', 'kernel')}({','.join(map(str, wl.get('args', ())))}): {s * 1e3:.4f} ms/call, {gflops:.2f} GFLOPS "
+    name = f"{wl.get('name', 'kernel')}({','.join(map(str, wl.get('args', ())))})"
+    print(f"{name}: {s * 1e3:.4f} ms/call, {gflops:.2f} GFLOPS "
           f"on {k.num_threads} threads (tuned: {k.meta.get('gflops', 0.0):.2f} GFLOPS on {k.meta.get('device_key')})")
     return 0
 
