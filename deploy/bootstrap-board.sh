@@ -18,9 +18,13 @@
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-PREFIX=/opt/kernelfarm  # fixed: the unit's ExecStart names it
-ETC=/etc/kernelfarm
-UNIT_DIR=/etc/systemd/system
+# KF_ROOT and SYSTEMCTL exist for testing this script in a scratch tree
+# (KF_ROOT=/tmp/x SYSTEMCTL=echo); leave them unset on a real board.
+ROOT=${KF_ROOT:-}
+SYSTEMCTL=${SYSTEMCTL:-systemctl}
+PREFIX=$ROOT/opt/kernelfarm  # fixed: the unit's ExecStart names /opt/kernelfarm
+ETC=$ROOT/etc/kernelfarm
+UNIT_DIR=$ROOT/etc/systemd/system
 PYTHON=python3
 MIN_PY=3.11  # the project's floor (pyproject requires-python, devices/remote.py)
 DRY_RUN=0
@@ -122,7 +126,7 @@ fi
 if [ -n "$TOKEN_FILE" ]; then
     [ -s "$TOKEN_FILE" ] || die "token file $TOKEN_FILE is missing or empty"
 fi
-if [ "$DRY_RUN" -eq 0 ] && [ "$(id -u)" -ne 0 ]; then
+if [ "$DRY_RUN" -eq 0 ] && [ -z "$ROOT" ] && [ "$(id -u)" -ne 0 ]; then
     die "installing units needs root: run with sudo (or --dry-run to see the steps)"
 fi
 VENV="$PREFIX/venv"
@@ -206,20 +210,20 @@ fi
 
 # --- 5. units ----------------------------------------------------------------
 install_copy "$UNIT_SRC" "$UNIT_DIR/kernelfarm-device@.service"
-SYSTEMD_VER=$(systemctl --version 2>/dev/null | awk 'NR==1 {print $2}' || true)
-if [[ "${SYSTEMD_VER:-0}" =~ ^[0-9]+$ ]] && [ "$SYSTEMD_VER" -ge 254 ]; then
+SYSTEMD_VER=$("$SYSTEMCTL" --version 2>/dev/null | awk 'NR==1 {print $2}' || true)
+if [[ "$SYSTEMD_VER" =~ ^[0-9]+$ ]] && [ "$SYSTEMD_VER" -ge 254 ]; then
     install_copy "$BACKOFF_SRC" "$UNIT_DIR/kernelfarm-device@.service.d/backoff.conf"
 else
     say "systemd ${SYSTEMD_VER:-unknown} < 254: fixed restart delay (no RestartSteps backoff drop-in)"
 fi
-run systemctl daemon-reload
+run "$SYSTEMCTL" daemon-reload
 
 # --- 6. enable and start -----------------------------------------------------
 if [ "$ENABLE" -eq 1 ]; then
     for key in "${KEYS[@]}"; do
-        run systemctl enable "kernelfarm-device@$key.service"
+        run "$SYSTEMCTL" enable "kernelfarm-device@$key.service"
         # restart, not start: a rerun with a new wheel must replace the running server.
-        run systemctl restart "kernelfarm-device@$key.service"
+        run "$SYSTEMCTL" restart "kernelfarm-device@$key.service"
     done
     say "done; follow a server with: journalctl -fu kernelfarm-device@${KEYS[0]}"
 else

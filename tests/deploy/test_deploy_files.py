@@ -7,6 +7,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -238,3 +239,26 @@ def test_run_a_farm_commands_parse() -> None:
     assert campaign is not None
     spec = parse_campaign(campaign.group(1), "RUN_A_FARM.md")
     assert spec.device_keys == ("x86", "rpi4") and spec.tuner == "xgb"
+
+
+@pytest.mark.slow
+def test_bootstrap_installs_into_a_scratch_root_and_reruns_cleanly(wheel: Path, tmp_path: Path) -> None:
+    """A real run (pip from the package index) into KF_ROOT, systemctl replaced by echo."""
+    token = tmp_path / "token"
+    token.write_text("t0ken\n")
+    root = tmp_path / "root"
+    env = {"KF_ROOT": str(root), "SYSTEMCTL": "echo"}
+    args = ("--python", sys.executable, "--key", "cpu1", "--tracker", "127.0.0.1:9190", "--token-file", str(token),
+            str(wheel))
+    first = subprocess.run(["bash", str(BOOTSTRAP), *args], capture_output=True, text=True, timeout=600,
+                           env={**os.environ, **env}, check=False)
+    assert first.returncode == 0, first.stdout + first.stderr
+    farm = root / "opt/kernelfarm/venv/bin/farm"
+    assert "serve" in subprocess.run([str(farm), "--help"], capture_output=True, text=True, check=True).stdout
+    assert (root / "etc/kernelfarm/token").stat().st_mode & 0o777 == 0o600
+    assert "FARM_TRACKER=127.0.0.1:9190" in (root / "etc/kernelfarm/device.env").read_text()
+    assert "enable kernelfarm-device@cpu1.service" in first.stdout
+    again = subprocess.run(["bash", str(BOOTSTRAP), *args], capture_output=True, text=True, timeout=600,
+                           env={**os.environ, **env}, check=False)
+    assert again.returncode == 0, again.stderr
+    assert "exists" in again.stdout and again.stdout.count("unchanged") >= 3
