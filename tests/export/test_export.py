@@ -201,3 +201,38 @@ def test_c_program_links_kernel_o(export_dir: Path, tmp_path: Path) -> None:
     run = subprocess.run([str(exe)], check=False, capture_output=True, text=True, timeout=30)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "bad=0" in run.stdout
+
+
+def test_cross_target_export_is_not_run_here_and_the_loader_refuses_it(tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    from farm.target import Target, host_triple
+
+    if Target.parse("llvm").arch == "aarch64":
+        pytest.skip("this host is AArch64: the export would run here")
+    target = "llvm -mtriple=aarch64-linux-gnu -mcpu=cortex-a72 -mattr=+neon"
+    res = MeasureResult(Outcome.OK, (1e-5,), flops=2 * 16 ** 3, number=1, device_key="rpi4")
+    rec = LogRecord.from_measurement(workload="matmul", args=(16, 16, 16), target=target, device_key="rpi4",
+                                     config={"index": 3, "knobs": {}}, result=res)
+    log = tmp_path / "pi.jsonl"
+    with LogWriter(log) as w:
+        w.append([rec])
+    out = tmp_path / "pi"
+    assert main(["export", str(log), "--workload", "matmul", "-o", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["checked"] is False  # cannot run an AArch64 object here
+    meta = json.loads((out / "kernel.json").read_text())
+    assert meta["artifact"]["triple"].startswith("aarch64") and meta["device_key"] == "rpi4"
+    from farm.export_loader import KernelLoadError, load
+
+    with pytest.raises(KernelLoadError, match=f"kernel is for aarch64.*this machine is {host_triple()}"):
+        load(out)
+
+
+def test_loader_refuses_cpu_features_this_machine_lacks() -> None:
+    # Running such an object would die with SIGILL instead of raising.
+    from farm.export_loader import KernelLoadError, _check_machine, _llvm
+    from farm.target import host_triple
+
+    llvm = _llvm()
+    _check_machine({"triple": host_triple(), "features": "", "cpu": "generic"}, llvm)
+    with pytest.raises(KernelLoadError, match="lacks features.*made-up-feature"):
+        _check_machine({"triple": host_triple(), "features": "+made-up-feature", "cpu": "future"}, llvm)
