@@ -128,6 +128,37 @@ class Session:
     def summary(self) -> dict[str, Any]:
         return self.client.summary()
 
+    # ---- the farm's shared log (a tracker started with --log) ------------
+    def log_append(self, records: Sequence[Any]) -> int:
+        """Append LogRecords (or their JSON) to the tracker's shared log as one batch."""
+        batch = [r.to_json() if hasattr(r, "to_json") else dict(r) for r in records]
+        if not batch:
+            return 0
+        return int(self.client.call("log_append", records=batch)["appended"])
+
+    def log_query(self, kind: str, *, workload: str | None = None, device: str | None = None,
+                  args: Sequence[int] | None = None, k: int | None = None,
+                  exclude_device: str | None = None) -> Any:
+        """Query the shared log. ``best`` → LogRecord | None; ``top_k`` and ``records`` →
+        list[LogRecord]; ``history`` → {device key: [LogRecord]}; ``measured`` → set of indices."""
+        from .log import LogRecord
+
+        fields: dict[str, Any] = {"kind": kind}
+        for name, val in (("workload", workload), ("device", device), ("k", k), ("exclude_device", exclude_device)):
+            if val is not None:
+                fields[name] = val
+        if args is not None:
+            fields["args"] = [int(a) for a in args]
+        reply = self.client.call("log_query", **fields)
+        if kind == "history":
+            return {dev: [LogRecord.from_json(d) for d in rs] for dev, rs in reply["history"].items()}
+        if kind == "measured":
+            return set(reply["indices"])
+        recs = [LogRecord.from_json(d) for d in reply["records"]]
+        if kind == "best":
+            return recs[0] if recs else None
+        return recs
+
     def close(self) -> None:
         self.client.close()
 

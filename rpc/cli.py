@@ -58,6 +58,13 @@ def register(subparsers: Any) -> None:
     p.add_argument("--max-retries", type=int, default=2, help="requeues of a job whose device vanished")
     p.add_argument("--frame-timeout", type=float, default=30.0, help="seconds a started frame may take to arrive")
     p.add_argument("--handshake-timeout", type=float, default=10.0, help="seconds a new peer has to authenticate")
+    p.add_argument("--log", metavar="PATH", help="keep the farm's shared log here (the tracker is its one writer)")
+    p.add_argument("--ray", action="store_true",
+                   help="run as a detached named Ray actor that Ray restarts; prints the address and returns")
+    p.add_argument("--ray-address", help="with --ray: the Ray cluster to join (default: the local one, 'auto')")
+    p.add_argument("--ray-name", default="kernelfarm-tracker", help="with --ray: the actor's name")
+    p.add_argument("--ray-namespace", default="kernelfarm", help="with --ray: the actor's Ray namespace")
+    p.add_argument("--stop", action="store_true", help="with --ray: remove the tracker actor")
     _add_common(p, dial=False)
     p.set_defaults(func=cmd_tracker)
 
@@ -113,6 +120,8 @@ def _fail(command: str, e: Exception) -> int:
 def cmd_tracker(args: argparse.Namespace) -> int:
     from .tracker import Tracker
 
+    if args.ray or args.stop:
+        return _cmd_ray_tracker(args)
     try:
         token = load_token(args.token_file)
         server_ctx, _ = make_ssl_contexts(args.tls_cert, args.tls_key, None)
@@ -121,7 +130,8 @@ def cmd_tracker(args: argparse.Namespace) -> int:
 
     async def main() -> None:
         tracker = Tracker(token, heartbeat_s=args.heartbeat, max_retries=args.max_retries, ssl_context=server_ctx,
-                          frame_timeout=args.frame_timeout, handshake_timeout=args.handshake_timeout)
+                          frame_timeout=args.frame_timeout, handshake_timeout=args.handshake_timeout,
+                          log_path=args.log)
         host, port = await tracker.start(args.host, args.port)
         print(f"tracker listening on {host}:{port}", flush=True)
         try:
@@ -131,8 +141,42 @@ def cmd_tracker(args: argparse.Namespace) -> int:
 
     try:
         return _run_until_signal(main)
-    except OSError as e:  # e.g. port in use
+    except (OSError, RpcError) as e:  # port in use; another writer holds --log
         return _fail("tracker", e)
+
+
+def _cmd_ray_tracker(args: argparse.Namespace) -> int:
+    from . import ray_tracker
+
+    name, ns = args.ray_name, args.ray_namespace
+    try:
+        ray_tracker.connect_ray(args.ray_address, ns)
+        if args.stop:
+            stopped = ray_tracker.stop(name, ns)
+            print(f"tracker actor {ns}/{name} " + ("removed" if stopped else "was not running"), flush=True)
+            return 0
+        if args.tls_cert or args.tls_key:
+            raise ValueError("--ray does not serve TLS yet; run a plain `farm tracker` behind TLS")
+        token_file = os.path.abspath(args.token_file) if args.token_file else None
+        opts = ray_tracker.TrackerOptions(
+            host=args.host, port=args.port, heartbeat_s=args.heartbeat, max_retries=args.max_retries,
+            frame_timeout=args.frame_timeout, handshake_timeout=args.handshake_timeout,
+            log_path=os.path.abspath(args.log) if args.log else None, token_file=token_file,
+            token=None if token_file else load_token(None),
+        )
+        if args.port == 0:
+            raise ValueError("--ray needs a fixed --port: devices reconnect to it after Ray restarts the actor")
+        handle, address = ray_tracker.start(opts, name, ns)
+    except (RpcError, OSError, ValueError) as e:
+        return _fail("tracker", e)
+    except Exception as e:  # Ray's own errors (no cluster, actor died in its constructor)
+        return _fail("tracker", RuntimeError(f"{type(e).__name__}: {str(e)[:500]}"))
+    import ray
+
+    pid = ray.get(handle.pid.remote(), timeout=30)
+    print(f"tracker listening on {address} (Ray actor {ns}/{name}, pid {pid}; "
+          f"stop with `farm tracker --ray --stop`)", flush=True)
+    return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

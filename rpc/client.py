@@ -198,6 +198,10 @@ class Client:
     def describe(self, key: str) -> list[dict[str, Any]]:
         return self._run(self._async.describe(key))
 
+    def call(self, op: str, timeout: float | None = None, **fields: Any) -> dict[str, Any]:
+        """Any named request (e.g. ``log_query``); returns the reply's fields."""
+        return self._run(self._async.call(op, timeout=timeout, **fields))
+
     @property
     def lost_leases(self) -> dict[str, str]:
         return self._async.lost_leases

@@ -77,6 +77,7 @@ class Tracker:
         handshake_timeout: float = auth.HANDSHAKE_TIMEOUT,
         tick_s: float = 0.25,
         artifact_cache_bytes: int = 512 << 20,
+        log_path: str | None = None,
     ) -> None:
         if not token:
             raise ValueError("the tracker needs a non-empty token")
@@ -111,6 +112,12 @@ class Tracker:
             "summary": self._op_summary,
             "describe": self._op_describe,
         }
+        self.log_service: Any = None
+        if log_path:  # the farm's shared log (rpc.logservice imports farm.log, so only when asked)
+            from .logservice import LogService
+
+            self.log_service = LogService(log_path)
+            self._client_ops.update(self.log_service.ops())
 
     # ---- lifecycle -----------------------------------------------------
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
@@ -131,6 +138,8 @@ class Tracker:
             peer.conn.abort()
         if self._server:
             await self._server.wait_closed()
+        if self.log_service is not None:
+            self.log_service.close()
 
     async def _tick_loop(self) -> None:
         while True:
