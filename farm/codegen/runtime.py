@@ -1,9 +1,12 @@
 """Native runtime emitted into every CPU object: thread launch and timing.
 
 Parallel loops are outlined to ``void body(i8* closure, i64 begin, i64 end)``
-and run by ``kf_parallel_for``, which starts ``kf_num_threads - 1`` pthreads
-and runs the first chunk on the calling thread. A pthread per region costs
-~20-40 us; see benchmarks/bench_parallel.py for the comparison with libgomp.
+and run by ``kf_parallel_for``. When the loader found libgomp it stores
+``GOMP_parallel`` and ``omp_get_thread_num`` in ``kf_gomp_parallel`` /
+``kf_gomp_thread_num`` and regions run on libgomp's persistent pool (~1.3 us a
+region here); otherwise (a board without libgomp, or the object linked into a
+C program) ``kf_num_threads - 1`` pthreads are started per region (~33 us).
+benchmarks/bench_parallel.py measures both.
 """
 from __future__ import annotations
 
@@ -23,6 +26,29 @@ def emit_runtime(mod: ir.Module) -> ir.Function:
     """Adds kf_num_threads, kf_worker and kf_parallel_for; returns the latter."""
     nthreads = ir.GlobalVariable(mod, I32, "kf_num_threads")
     nthreads.initializer = I32(1)
+
+    # Function pointers the loader fills in when libgomp is present (null: pthreads).
+    omp_fn_ty = ir.FunctionType(VOID, [I8P])
+    gomp_ty = ir.FunctionType(VOID, [omp_fn_ty.as_pointer(), I8P, I32, I32])
+    tnum_ty = ir.FunctionType(I32, [])
+    gomp_ptr = ir.GlobalVariable(mod, gomp_ty.as_pointer(), "kf_gomp_parallel")
+    gomp_ptr.initializer = ir.Constant(gomp_ty.as_pointer(), None)
+    tnum_ptr = ir.GlobalVariable(mod, tnum_ty.as_pointer(), "kf_gomp_thread_num")
+    tnum_ptr.initializer = ir.Constant(tnum_ty.as_pointer(), None)
+    omp_data_ty = ir.LiteralStructType([BODY_TY.as_pointer(), I8P, I64, I64])  # body, closure, n, chunk
+
+    tramp = ir.Function(mod, omp_fn_ty, "kf_omp_trampoline")
+    tramp.linkage = "internal"
+    tb = ir.IRBuilder(tramp.append_basic_block("entry"))
+    d = tb.bitcast(tramp.args[0], omp_data_ty.as_pointer())
+    dbody, dclo, dn, dchunk = [tb.load(tb.gep(d, [I32(0), I32(k)])) for k in range(4)]
+    tid = tb.sext(tb.call(tb.load(tnum_ptr), []), I64)
+    tbeg = tb.mul(tid, dchunk)
+    tend = tb.add(tbeg, dchunk)
+    tend = tb.select(tb.icmp_signed(">", tend, dn), dn, tend)
+    with tb.if_then(tb.icmp_signed("<", tbeg, tend)):
+        tb.call(dbody, [dclo, tbeg, tend])
+    tb.ret_void()
 
     worker_ty = ir.FunctionType(I8P, [I8P])
     pthread_create = ir.Function(mod, ir.FunctionType(I32, [I64.as_pointer(), I8P, worker_ty.as_pointer(), I8P]),
@@ -57,6 +83,18 @@ def emit_runtime(mod: ir.Module) -> ir.Function:
     b.ret_void()
 
     b.position_at_end(multi)
+    gomp = b.load(gomp_ptr)
+    use_gomp = pfor.append_basic_block("gomp")
+    use_pthreads = pfor.append_basic_block("pthreads")
+    b.cbranch(b.icmp_unsigned("!=", b.ptrtoint(gomp, I64), I64(0)), use_gomp, use_pthreads)
+    b.position_at_end(use_gomp)
+    data = b.alloca(omp_data_ty)
+    for k, v in enumerate([fn, clo, n, chunk]):
+        b.store(v, b.gep(data, [I32(0), I32(k)]))
+    b.call(gomp, [tramp, b.bitcast(data, I8P), b.trunc(nt, I32), I32(0)])
+    b.ret_void()
+
+    b.position_at_end(use_pthreads)
     # Threads 1..nt-1 take chunks 1..; chunk 0 runs here, then join all.
     spawn_head = pfor.append_basic_block("spawn")
     spawn_body = pfor.append_basic_block("spawn.body")
@@ -64,7 +102,7 @@ def emit_runtime(mod: ir.Module) -> ir.Function:
     b.branch(spawn_head)
     b.position_at_end(spawn_head)
     t = b.phi(I64, "t")
-    t.add_incoming(I64(1), multi)
+    t.add_incoming(I64(1), use_pthreads)
     b.cbranch(b.icmp_signed("<", t, nt), spawn_body, run0)
     b.position_at_end(spawn_body)
     begin = b.mul(t, chunk)
