@@ -17,6 +17,8 @@ def register(sub: Any) -> None:
     p.add_argument("--log", help="override the log path")
     p.add_argument("--local-servers", type=int, default=1, help="device servers of the embedded farm")
     p.add_argument("--build-cpus", type=int, help="CPUs of the local Ray (default: cores - 1)")
+    p.add_argument("--max-outage", type=float, default=300.0, metavar="SECONDS",
+                   help="how long to keep re-dialling a lost tracker before giving up (default 300)")
     p.add_argument("--json", action="store_true", help="print the results as one JSON object at the end")
     p.add_argument("--no-progress", action="store_true", help="no live progress")
     p.set_defaults(func=cmd_tune)
@@ -51,7 +53,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
               + (f" at {args.ray_address}" if args.ray_address else " (local)"), file=sys.stderr)
         progress = None if args.no_progress else Progress()
         with connect(address, token=token) as session:
-            result = CampaignRunner(spec, session, progress).run()
+            # A restarted tracker lost our queued jobs: re-dial and resubmit (see campaign.link).
+            result = CampaignRunner(spec, session, progress, reconnect=lambda: connect(address, token=token),
+                                    max_outage_s=args.max_outage).run()
     finally:
         if fleet is not None:
             fleet.close()

@@ -5,6 +5,11 @@ batch full (builds pipelined ahead of free devices), turns finished builds
 into jobs on the tracker, and finished jobs into log records and tuner
 observations. A config is planned once and ends in the log exactly once,
 measured or with a classified outcome; a rerun on the same log resumes.
+
+Losing the tracker (killed, restarted: its queue is in memory) is not a
+measurement outcome: the driver keeps each job's artifact until its result
+arrives, re-dials (``link.FarmLink``) and resubmits the jobs whose results
+never came, at most ``MAX_RESUBMITS`` times each.
 """
 from __future__ import annotations
 
@@ -18,8 +23,13 @@ from ..artifact import Artifact
 from ..errors import FarmError
 from ..measure import MeasureResult, Outcome
 from .config import CampaignSpec, WorkloadSpec
+from .link import FarmLink
 
 log = logging.getLogger(__name__)
+
+# Resubmissions of one trial after lost tracker connections before it is
+# classified DEVICE_LOST (a tracker that dies on one job would otherwise loop).
+MAX_RESUBMITS = 5
 
 
 @dataclass
@@ -41,7 +51,8 @@ class Task:
     default_gflops: float | None = None
     pending: list[int] = field(default_factory=list)  # proposed, not yet built
     builds: dict[Any, tuple[int, float]] = field(default_factory=dict)  # ray ref -> (index, started)
-    jobs: dict[int, tuple[Any, float]] = field(default_factory=dict)  # index -> (Job, build_s)
+    jobs: dict[int, tuple[Any, float, Artifact, int, int]] = field(default_factory=dict)  # index -> (Job, build_s, art, tries, gen)
+    resubmit: dict[int, tuple[Artifact, float, int]] = field(default_factory=dict)  # index -> (art, build_s, tries)
     history: list[tuple[int, float]] = field(default_factory=list)  # (trial, best so far)
     finished: bool = False
 
@@ -51,7 +62,7 @@ class Task:
 
     @property
     def in_flight(self) -> int:
-        return len(self.pending) + len(self.builds) + len(self.jobs)
+        return len(self.pending) + len(self.builds) + len(self.jobs) + len(self.resubmit)
 
 
 @dataclass(frozen=True)
@@ -89,20 +100,24 @@ class CampaignResult:
     build_nodes: dict[str, int]
     device_idle_fraction: float
     builds_s: float
+    resubmitted: int = 0  # jobs submitted again after a lost tracker connection
+    reconnects: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {"campaign": self.name, "log": str(self.log), "tasks": [t.to_json() for t in self.tasks],
                 "wall_s": self.wall_s, "measured": self.measured, "resumed": self.resumed,
                 "build_nodes": self.build_nodes, "device_idle_fraction": self.device_idle_fraction,
-                "builds_s": self.builds_s}
+                "builds_s": self.builds_s, "resubmitted": self.resubmitted, "reconnects": self.reconnects}
 
 
 class CampaignRunner:
     """Runs one campaign against a farm session; Ray must be initialized."""
 
-    def __init__(self, spec: CampaignSpec, session: Any, on_progress: Callable[[list[Task], dict[str, Any]], None] | None = None) -> None:
+    def __init__(self, spec: CampaignSpec, session: Any, on_progress: Callable[[list[Task], dict[str, Any]], None] | None = None,
+                 *, reconnect: Callable[[], Any] | None = None, max_outage_s: float = 300.0) -> None:
         self.spec = spec
-        self.session = session
+        self.link = FarmLink(session, reconnect, max_outage_s=max_outage_s)
+        self.resubmitted = 0
         self.on_progress = on_progress
         self.tasks: list[Task] = []
         self.build_nodes: dict[str, int] = {}
@@ -120,7 +135,7 @@ class CampaignRunner:
         from ..client_api import target_of
 
         for key in self.spec.device_keys:
-            devs = self.session.client.describe(key)
+            devs = self.link.session.client.describe(key)
             if not devs:
                 raise FarmError(f"no device is registered under key {key!r}; start one (farm serve / farm devices up)")
             fp = dict(devs[0].get("fingerprint") or {})
@@ -166,34 +181,40 @@ class CampaignRunner:
         last_flush = last_progress = time.monotonic()
         pending_records: list[Any] = []
         with LogWriter(self.spec.log) as writer:
-            while True:
-                active = [t for t in self.tasks if not self._task_done(t)]
-                if not active:
-                    break
-                progressed = False
-                for t in active:
-                    self._fill(t, build)
-                progressed |= self._collect_builds(pending_records)
-                progressed |= self._collect_jobs(pending_records)
-                now = time.monotonic()
-                self._account_idle(now)
-                if pending_records and (len(pending_records) >= self.spec.batch_size or now - last_flush > 1.0):
+            try:
+                while True:
+                    active = [t for t in self.tasks if not self._task_done(t)]
+                    if not active:
+                        break
+                    progressed = False
+                    for t in active:
+                        self._fill(t, build)
+                    progressed |= self._collect_builds(pending_records)
+                    progressed |= self._collect_jobs(pending_records)
+                    progressed |= self._resubmit(pending_records)
+                    now = time.monotonic()
+                    self._account_idle(now)
+                    if pending_records and (len(pending_records) >= self.spec.batch_size or now - last_flush > 1.0):
+                        writer.append(pending_records)
+                        pending_records = []
+                        last_flush = now
+                    if self.on_progress and now - last_progress > 0.5:
+                        self.on_progress(self.tasks, self._devices())
+                        last_progress = now
+                    if not progressed:
+                        time.sleep(0.01)
+            finally:
+                # Also on an abort (outage limit, Ctrl-C): what was measured stays measured.
+                if pending_records:
                     writer.append(pending_records)
-                    pending_records = []
-                    last_flush = now
-                if self.on_progress and now - last_progress > 0.5:
-                    self.on_progress(self.tasks, self._devices())
-                    last_progress = now
-                if not progressed:
-                    time.sleep(0.01)
-            if pending_records:
-                writer.append(pending_records)
+                self.link.close()
         if self.on_progress:
             self.on_progress(self.tasks, self._devices())
         wall = time.monotonic() - t_start
         return CampaignResult(
             self.spec.name, self.spec.log, [self._summary(t) for t in self.tasks], wall, self.measured, self.resumed,
-            dict(self.build_nodes), self._idle_s / wall if wall > 0 else 0.0, self.builds_s)
+            dict(self.build_nodes), self._idle_s / wall if wall > 0 else 0.0, self.builds_s, self.resubmitted,
+            self.link.reconnects)
 
     def _task_done(self, t: Task) -> bool:
         if t.in_flight:
@@ -251,24 +272,65 @@ class CampaignRunner:
             return
         try:
             art = Artifact.from_header(res["header"], res["code"])
-            job = self.session.submit(art, key=t.key, options=self.spec.timing, priority=self.spec.priority)
-        except Exception as e:  # noqa: BLE001 - the farm refused the job: classify, keep going
-            self._record(t, idx, MeasureResult.error(Outcome.DEVICE_LOST, f"submit failed: {type(e).__name__}: {e}",
+        except Exception as e:  # noqa: BLE001 - a build that produced an unloadable artifact
+            self._record(t, idx, MeasureResult.error(Outcome.COMPILE_ERROR, f"bad artifact: {type(e).__name__}: {e}",
                                                      flops=t.flops), float(res["build_s"]), out)
             return
-        t.jobs[idx] = (job, float(res["build_s"]))
+        self._submit(t, idx, art, float(res["build_s"]), 0, out)
+
+    def _submit(self, t: Task, idx: int, art: Artifact, build_s: float, tries: int, out: list[Any]) -> None:
+        from rpc.errors import ConnectionLost
+
+        if self.link.broken:
+            t.resubmit[idx] = (art, build_s, tries)
+            return
+        gen = self.link.gen
+        try:
+            job = self.link.session.submit(art, key=t.key, options=self.spec.timing, priority=self.spec.priority)
+        except ConnectionLost as e:  # the tracker went away: submit again once it is back
+            self.link.lost(gen, e)
+            t.resubmit[idx] = (art, build_s, tries)
+            return
+        except Exception as e:  # noqa: BLE001 - the farm refused the job: classify, keep going
+            self._record(t, idx, MeasureResult.error(Outcome.DEVICE_LOST, f"submit failed: {type(e).__name__}: {e}",
+                                                     flops=t.flops), build_s, out)
+            return
+        t.jobs[idx] = (job, build_s, art, tries, gen)
+
+    def _resubmit(self, out: list[Any]) -> bool:
+        """Submit again the jobs whose results a lost tracker connection took with it."""
+        if not any(t.resubmit for t in self.tasks) or not self.link.restore():
+            return False
+        for t in self.tasks:
+            for idx, (art, build_s, tries) in list(t.resubmit.items()):
+                if self.link.broken:
+                    return True
+                del t.resubmit[idx]
+                self.resubmitted += 1
+                self._submit(t, idx, art, build_s, tries, out)
+        return True
 
     def _collect_jobs(self, out: list[Any]) -> bool:
+        from rpc.errors import ConnectionLost
+
         progressed = False
         for t in self.tasks:
-            for idx, (job, build_s) in list(t.jobs.items()):
+            for idx, (job, build_s, art, tries, gen) in list(t.jobs.items()):
                 if not job.done():
                     continue
                 del t.jobs[idx]
                 progressed = True
                 try:
                     result = job.result(0)
-                except Exception as e:  # noqa: BLE001 - connection lost, deadline: classified, not lost
+                except ConnectionLost as e:
+                    # No result came and the tracker forgot the job: run it again, boundedly.
+                    self.link.lost(gen, e)
+                    if tries < MAX_RESUBMITS:
+                        t.resubmit[idx] = (art, build_s, tries + 1)
+                        continue
+                    result = MeasureResult.error(Outcome.DEVICE_LOST, f"tracker connection lost {tries + 1} times: {e}",
+                                                 flops=t.flops)
+                except Exception as e:  # noqa: BLE001 - deadline, cancelled: classified, not lost
                     result = MeasureResult.error(Outcome.DEVICE_LOST, f"{type(e).__name__}: {e}", flops=t.flops)
                 self._record(t, idx, result, build_s, out)
         return progressed
@@ -299,7 +361,7 @@ class CampaignRunner:
 
     def _devices(self) -> dict[str, Any]:
         try:
-            return dict(self.session.summary())
+            return dict(self.link.session.summary()) if not self.link.broken else {}
         except Exception:  # noqa: BLE001 - progress only
             return {}
 

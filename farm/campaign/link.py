@@ -1,0 +1,92 @@
+"""The campaign driver's connection to the farm, re-dialled when the tracker goes away.
+
+The tracker keeps its queue in memory: when it is killed and restarted, the
+jobs it held are gone and the driver's connection breaks. The driver notes
+the break (``lost``), keeps building, and asks ``restore`` on each turn of
+its loop; ``restore`` re-dials with jittered exponential backoff (never
+blocking the loop for long) and, once connected, the driver resubmits every
+job whose result never came. An outage longer than ``max_outage_s`` aborts
+the campaign with a FarmError (rerunning it resumes from the log).
+
+Each session is numbered (``gen``): a failure reported for an older session
+(a job future that failed late) must not mark a fresh connection broken.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from rpc.transport import backoff_delays
+
+from ..errors import FarmError
+
+log = logging.getLogger(__name__)
+
+
+class FarmLink:
+    """Holds the current farm session; ``lost(gen)`` marks it broken, ``restore()`` re-dials."""
+
+    def __init__(self, session: Any, reconnect: Callable[[], Any] | None = None, *, max_outage_s: float = 300.0,
+                 backoff_base: float = 0.2, backoff_cap: float = 5.0) -> None:
+        self.session = session
+        self.reconnect = reconnect
+        self.max_outage_s = max_outage_s
+        self.backoff_base, self.backoff_cap = backoff_base, backoff_cap
+        self.gen = 0
+        self.broken = False
+        self.reconnects = 0
+        self._since = 0.0
+        self._next_try = 0.0
+        self._delays: Iterator[float] = backoff_delays(backoff_base, backoff_cap)
+        self._opened: list[Any] = []  # sessions we made (the first one belongs to the caller)
+
+    def lost(self, gen: int, err: BaseException) -> None:
+        """A call on session ``gen`` failed with a lost connection."""
+        if gen != self.gen or self.broken:
+            return
+        self.broken = True
+        self._since = self._next_try = time.monotonic()
+        self._delays = backoff_delays(self.backoff_base, self.backoff_cap)
+        log.warning("lost the tracker (%s); reconnecting", err)
+
+    def restore(self) -> bool:
+        """True when connected; otherwise one dial attempt if its backoff delay is over."""
+        if not self.broken:
+            return True
+        now = time.monotonic()
+        if self.reconnect is None:
+            raise FarmError(f"lost the tracker and no way to reconnect was given (since {now - self._since:.0f}s)")
+        if now - self._since > self.max_outage_s:
+            raise FarmError(f"the tracker has been unreachable for {now - self._since:.0f}s "
+                            f"(limit {self.max_outage_s:g}s); rerun the campaign to resume from its log")
+        if now < self._next_try:
+            return False
+        try:
+            fresh = self.reconnect()
+        except Exception as e:  # noqa: BLE001 - any failure to dial is retried until the outage limit
+            self._next_try = time.monotonic() + next(self._delays)
+            log.info("reconnect failed (%s: %s); next try in %.1fs", type(e).__name__, e, self._next_try - now)
+            return False
+        self._close(self.session)
+        self.session = fresh
+        self._opened.append(fresh)
+        self.gen += 1
+        self.broken = False
+        self.reconnects += 1
+        log.warning("reconnected to the tracker after %.1fs (reconnect %d)", time.monotonic() - self._since,
+                    self.reconnects)
+        return True
+
+    def close(self) -> None:
+        for s in self._opened:
+            self._close(s)
+        self._opened = []
+
+    @staticmethod
+    def _close(session: Any) -> None:
+        try:
+            session.close()
+        except Exception as e:  # noqa: BLE001 - the old connection is already dead
+            log.debug("closing a lost session: %r", e)
