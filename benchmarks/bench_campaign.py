@@ -1,0 +1,177 @@
+#!/usr/bin/env python3
+"""Campaign throughput: builds serial vs Ray tasks, and how long devices sit idle.
+
+1. Build throughput (candidates/s): the same N random configs of matmul and
+   conv2d compiled one after another in this process, then as Ray tasks on a
+   local Ray with every core (workers warmed up first, so neither side pays
+   imports or worker start-up inside the timing).
+2. Device idle share of a real small campaign on the embedded farm (in-process
+   tracker + one local CPU device server, local Ray for builds): as the driver
+   counts it (``CampaignResult.device_idle_fraction``; no job in flight) and as
+   the tracker sees it (sampled every 50 ms: no job running on the device), for
+   the whole campaign and for its second half, when the xgb model is trained.
+
+    python benchmarks/bench_campaign.py [--quick] [--json] [--n N] [--trials T]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+WORKLOADS = {"matmul": [256, 256, 256], "conv2d": [1, 32, 28, 28, 32, 3, 1, 1]}
+
+
+def _configs(n: int, target: str, seed: int = 0) -> list[tuple[str, list[int], int]]:
+    from farm.workloads import get_workload
+
+    rng = random.Random(seed)
+    out = []
+    for name, shape in WORKLOADS.items():
+        space = get_workload(name).space(shape, target)
+        out += [(name, shape, rng.randrange(len(space))) for _ in range(n)]
+    return out
+
+
+def bench_builds(n: int, cpus: int) -> dict[str, Any]:
+    import ray
+
+    from farm.campaign.builds import build_candidate, init_ray, remote_build
+    from farm.target import Target
+
+    target = str(Target.host())
+    cfgs = _configs(n, target)
+    build_candidate(*cfgs[0][:3], target)  # imports and LLVM set-up, outside the timing
+    t0 = time.perf_counter()
+    serial = [build_candidate(w, s, i, target) for w, s, i in cfgs]
+    serial_s = time.perf_counter() - t0
+
+    init_ray(None, cpus)
+    remote = remote_build()
+    warm = _configs(2, target, seed=99)[: 2 * cpus]  # one import per worker, outside the timing
+    ray.get([remote.remote(w, s, i, target) for w, s, i in warm])
+    t0 = time.perf_counter()
+    par = ray.get([remote.remote(w, s, i, target) for w, s, i in cfgs])
+    ray_s = time.perf_counter() - t0
+    ray.shutdown()  # the campaign below starts Ray the way `farm tune` does (cores - 1)
+    same = [a.get("header", {}).get("hash") for a in serial] == [b.get("header", {}).get("hash") for b in par]
+    return {"configs": len(cfgs), "ray_cpus": cpus, "serial_s": serial_s, "ray_s": ray_s,
+            "serial_builds_per_s": len(cfgs) / serial_s, "ray_builds_per_s": len(cfgs) / ray_s,
+            "ray_over_serial": serial_s / ray_s, "same_artifacts": same,
+            "compile_errors": sum(not r.get("ok") for r in serial)}
+
+
+class _Sampler:
+    """Samples the tracker's view of the devices: is any job running on one?"""
+
+    def __init__(self, address: str, token: bytes, key: str, every_s: float = 0.05) -> None:
+        from farm.client_api import connect
+
+        self.session = connect(address, token=token)
+        self.key, self.every_s = key, every_s
+        self.samples: list[tuple[float, int, int]] = []  # (time, busy devices, pending jobs)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="kf-bench-sampler", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            k = self.session.summary()["keys"].get(self.key, {})
+            self.samples.append((time.monotonic(), int(k.get("busy", 0)), int(k.get("pending", 0))))
+            self._stop.wait(self.every_s)
+
+    def start(self) -> "_Sampler":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self.session.close()
+
+    def idle(self, t0: float, t1: float) -> float:
+        s = [b for t, b, _ in self.samples if t0 <= t < t1]
+        return sum(b == 0 for b in s) / len(s) if s else float("nan")
+
+
+def bench_campaign(trials: int, batch_size: int, tuner: str, cpus: int) -> dict[str, Any]:
+    from farm.campaign.builds import init_ray
+    from farm.campaign.config import parse_campaign
+    from farm.campaign.driver import CampaignRunner
+    from farm.campaign.embedded import EmbeddedFarm
+    from farm.client_api import connect
+
+    with tempfile.TemporaryDirectory(prefix="kf-bench-") as tmp:
+        wl = "\n".join(f"  - {{name: {n}, shape: {s}}}" for n, s in WORKLOADS.items())
+        spec = parse_campaign(f"name: bench\nlog: {tmp}/bench.jsonl\ntuner: {tuner}\ntrials: {trials}\n"
+                              f"batch_size: {batch_size}\nseed: 0\ntransfer: false\n"
+                              f"timing: {{repeat: 3, min_repeat_ms: 20, timeout_s: 10}}\nworkloads:\n{wl}\n")
+        init_ray(None, cpus)
+        with EmbeddedFarm() as farm, connect(farm.address, token=farm.token) as session:
+            sampler = _Sampler(farm.address, farm.token, "local").start()
+            t0 = time.monotonic()
+            try:
+                result = CampaignRunner(spec, session).run()
+            finally:
+                sampler.stop()
+            t1 = time.monotonic()
+    mid = t0 + (t1 - t0) / 2
+    out = {"trials_per_task": trials, "batch_size": batch_size, "tuner": tuner, "wall_s": result.wall_s,
+           "measured": result.measured, "device_idle_fraction": result.device_idle_fraction,
+           "tracker_idle_fraction": sampler.idle(t0, t1),
+           "tracker_idle_fraction_trained": sampler.idle(mid, t1)}
+    trained = getattr(result, "idle_fraction_between", None)
+    if trained is not None:
+        out["device_idle_fraction_trained"] = trained(result.wall_s / 2, result.wall_s)
+    for k in ("build_s_per_trial", "propose_s"):
+        if hasattr(result, k):
+            out[k] = getattr(result, k)
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="fewer configs and trials")
+    ap.add_argument("--json", action="store_true", help="print one JSON object (last line)")
+    ap.add_argument("--n", type=int, help="configs per workload for the build benchmark")
+    ap.add_argument("--trials", type=int, help="campaign trials per task")
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--tuner", default="xgb")
+    ap.add_argument("--cpus", type=int, default=os.cpu_count() or 2, help="CPUs of the local Ray")
+    ap.add_argument("--skip-builds", action="store_true")
+    args = ap.parse_args()
+    n = args.n or (12 if args.quick else 40)
+    trials = args.trials or (32 if args.quick else 96)
+    res: dict[str, Any] = {"cores": os.cpu_count()}
+    if not args.skip_builds:
+        res.update(bench_builds(n, args.cpus))
+    camp = bench_campaign(trials, args.batch_size, args.tuner, max(1, args.cpus - 1))
+    res.update(camp)
+    if not args.skip_builds:
+        print(f"builds ({res['configs']} configs, matmul + conv2d, {res['cores']} cores, Ray CPUs {res['ray_cpus']})")
+        print(f"  {'serial in-process':<22} {res['serial_builds_per_s']:8.2f} candidates/s")
+        print(f"  {'Ray tasks':<22} {res['ray_builds_per_s']:8.2f} candidates/s   "
+              f"ray/serial {res['ray_over_serial']:.2f}x   identical artifacts: {res['same_artifacts']}")
+    print(f"campaign ({trials} trials x 2 tasks, batch {args.batch_size}, {args.tuner}): "
+          f"{camp['wall_s']:.1f}s wall, {camp['measured']} measured")
+    print(f"  {'device idle':<28} {'whole':>8} {'2nd half':>9}")
+    dt = camp.get("device_idle_fraction_trained", float("nan"))
+    print(f"  {'driver view (no job out)':<28} {camp['device_idle_fraction']:8.1%} {dt:9.1%}")
+    print(f"  {'tracker view (none running)':<28} {camp['tracker_idle_fraction']:8.1%} "
+          f"{camp['tracker_idle_fraction_trained']:9.1%}   goal < 10% in the 2nd half")
+    if args.json:
+        print(json.dumps(res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
