@@ -144,3 +144,32 @@ def test_time_evaluator_semantics() -> None:
     k = mod._loaded()
     assert k.last_number > 1, "number must be raised until a repeat lasts min_repeat_ms"
     assert k.last_number * min(costs) * 1e3 >= 20 * 0.5
+
+
+def test_float16_storage_and_mixed_precision_reduction() -> None:
+    n = 37
+    a = te.placeholder((n,), dtype="float16", name="a")
+    b = te.placeholder((n,), dtype="float16", name="b")
+    c = te.compute((n,), lambda i: a[i] * b[i] + a[i], name="c")
+    s = te.create_schedule(c.op)
+    _, inner = s[c].split(c.op.axis[0], factor=8)
+    s[c].vectorize(inner)
+    mod = farm.build(s, [a, b, c])
+    rng = np.random.default_rng(5)
+    av, bv = rng.random(n).astype("f2"), rng.random(n).astype("f2")
+    cv = np.zeros(n, "f2")
+    mod(av, bv, cv)
+    np.testing.assert_allclose(cv.astype("f4"), (av * bv + av).astype("f4"), rtol=2e-3, atol=2e-3)
+
+    m = k = 24
+    x = te.placeholder((m, k), dtype="float16", name="x")
+    w = te.placeholder((k, m), dtype="float16", name="w")
+    r = te.reduce_axis((0, k), name="r")
+    y = te.compute((m, m), lambda i, j: te.sum(x[i, r].astype("float32") * w[r, j].astype("float32"), axis=r), name="y")
+    s2 = te.create_schedule(y.op)
+    s2[y].vectorize(y.op.axis[1])
+    mod2 = farm.build(s2, [x, w, y])
+    xv, wv = rng.random((m, k)).astype("f2"), rng.random((k, m)).astype("f2")
+    yv = np.zeros((m, m), "f4")
+    mod2(xv, wv, yv)
+    np.testing.assert_allclose(yv, xv.astype("f4") @ wv.astype("f4"), rtol=1e-5, atol=1e-5)
