@@ -80,6 +80,18 @@ class Module:
         return func_str(self.func)
 
 
+def arg_specs(sch: Schedule, args: Sequence[Tensor]) -> tuple[ArgSpec, ...]:
+    """Argument specs: outputs of the schedule are "out", placeholders "in"."""
+    outputs = {id(op.output) for op in sch.outputs}
+    specs = []
+    for t in args:
+        role = "out" if id(t) in outputs else "in"
+        if role == "in" and not isinstance(t.op, PlaceholderOp):
+            raise CompileError(f"argument {t.name} is computed but not an output of the schedule")
+        specs.append(ArgSpec(t.name, t.shape, t.dtype, role))
+    return tuple(specs)
+
+
 def build(sch: Schedule, args: Sequence[Tensor], target: str | Target = "llvm -mcpu=native",
           name: str = "kernel", workload: dict[str, Any] | None = None, flops: float | None = None) -> Module:
     """Compile a schedule for ``target``; returns a Module with ``.artifact``."""
@@ -92,17 +104,11 @@ def build(sch: Schedule, args: Sequence[Tensor], target: str | Target = "llvm -m
         return build_cuda(sch, args, tgt, name, workload, flops)
     t0 = time.perf_counter()
     func = lower(sch, args, name)
-    outputs = {id(op.output) for op in sch.outputs}
-    specs = []
-    for t in args:
-        role = "out" if id(t) in outputs else "in"
-        if role == "in" and not isinstance(t.op, PlaceholderOp):
-            raise CompileError(f"argument {t.name} is computed but not an output of the schedule")
-        specs.append(ArgSpec(t.name, t.shape, t.dtype, role))
+    specs = arg_specs(sch, args)
     code, ir_text = compile_object(func, tgt)
     art = Artifact(
         target=str(tgt), triple=tgt.triple, cpu=tgt.cpu, features=tgt.features, kind="object", code=code,
-        args=tuple(specs), flops=float(flops if flops is not None else count_flops(sch)), workload=workload,
+        args=specs, flops=float(flops if flops is not None else count_flops(sch)), workload=workload,
     )
     dt = time.perf_counter() - t0
     log.debug("built %s for %s in %.3fs (%d bytes)", name, tgt.triple, dt, len(code))

@@ -13,7 +13,7 @@ from typing import Sequence
 
 from . import arith
 from .errors import LowerError
-from .schedule import Fuse, Schedule, Split, Stage
+from .schedule import Schedule, Split, Stage
 from .te.expr import (BinOp, Cmp, Const, Expr, IterVar, Load, Logic, Reduce, Var, free_vars, is_float,
                       substitute, transform, walk)
 from .te.tensor import PlaceholderOp, Tensor

@@ -33,11 +33,11 @@ from typing import Any
 from llvmlite import ir
 
 from .. import arith
-from ..artifact import ENTRY_SYMBOL, ArgSpec, Artifact
+from ..artifact import ENTRY_SYMBOL, Artifact
 from ..errors import CompileError
 from ..target import Target
 from ..te.expr import Const, substitute
-from ..te.tensor import PlaceholderOp, Tensor
+from ..te.tensor import Tensor
 from ..tir import Block, Buffer, For, IfThenElse, PrimFunc, Stmt
 from . import optimize, target_machine
 from .gpu_lower import (
@@ -259,17 +259,6 @@ def compile_ptx(func: PrimFunc, launch: Launch, target: Target) -> tuple[str, st
     return ptx, str(mod)
 
 
-def _arg_specs(sch: Any, args: Sequence[Tensor]) -> tuple[ArgSpec, ...]:
-    outputs = {id(op.output) for op in sch.outputs}
-    specs = []
-    for t in args:
-        role = "out" if id(t) in outputs else "in"
-        if role == "in" and not isinstance(t.op, PlaceholderOp):
-            raise CompileError(f"argument {t.name} is computed but not an output of the schedule")
-        specs.append(ArgSpec(t.name, t.shape, t.dtype, role))
-    return tuple(specs)
-
-
 def build_cuda(sch: Any, args: Sequence[Tensor], tgt: Target, name: str = "kernel",
                workload: dict[str, Any] | None = None, flops: float | None = None) -> Any:
     """farm.build for CUDA targets: a Module whose artifact holds PTX and the launch dims."""
@@ -278,7 +267,9 @@ def build_cuda(sch: Any, args: Sequence[Tensor], tgt: Target, name: str = "kerne
     if tgt.kind != "cuda":
         raise CompileError(f"build_cuda needs a cuda target, got {tgt}")
     t0 = time.perf_counter()
-    specs = _arg_specs(sch, args)
+    from ..builder import arg_specs  # local: farm.builder imports this module lazily
+
+    specs = arg_specs(sch, args)
     func = lower_gpu(sch, args, name)
     launch = analyze_launch(
         func,
