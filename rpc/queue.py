@@ -415,6 +415,7 @@ class SchedulerQueue:
                     "errors": dev.errors,
                     "last_error": dev.last_error,
                     "utilization": round(min(1.0, (dev.busy_s + running_s) / (up * dev.capacity)), 4),
+                    "busy_s": round(dev.busy_s + running_s, 4),  # cumulative: idle shares over any window
                     "fingerprint": dev.fingerprint,
                 }
             )

@@ -14,7 +14,7 @@ def register(sub: Any) -> None:
     p.add_argument("--tracker", metavar="HOST:PORT", help="use this farm (default: an embedded tracker + local device)")
     p.add_argument("--token-file", help="token for --tracker (default: $FARM_TOKEN)")
     p.add_argument("--trials", type=int, help="override the budget per task")
-    p.add_argument("--log", help="override the log path")
+    p.add_argument("--log", help="override the log path ('tracker': the farm's shared log, with --tracker)")
     p.add_argument("--local-servers", type=int, default=1, help="device servers of the embedded farm")
     p.add_argument("--build-cpus", type=int, help="CPUs of the local Ray (default: cores - 1)")
     p.add_argument("--max-outage", type=float, default=300.0, metavar="SECONDS",
@@ -32,7 +32,13 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from .embedded import EmbeddedFarm
     from .progress import Progress, results_table
 
+    from .sinks import TRACKER_LOG, TrackerSink
+
     spec = load_campaign(args.campaign).with_overrides(trials=args.trials, log=args.log)
+    shared_log = str(spec.log) == TRACKER_LOG
+    if shared_log and not args.tracker:
+        print("farm tune: error: log 'tracker' (the farm's shared log) needs --tracker HOST:PORT", file=sys.stderr)
+        return 2
     farm: EmbeddedFarm | None = None
     fleet = None
     try:
@@ -54,8 +60,13 @@ def cmd_tune(args: argparse.Namespace) -> int:
         progress = None if args.no_progress else Progress()
         with connect(address, token=token) as session:
             # A restarted tracker lost our queued jobs: re-dial and resubmit (see campaign.link).
-            result = CampaignRunner(spec, session, progress, reconnect=lambda: connect(address, token=token),
-                                    max_outage_s=args.max_outage).run()
+            runner: CampaignRunner | None = None
+            # The runner re-dials a lost tracker: the sink follows its current session.
+            sink = TrackerSink(lambda: runner.link.session if runner else session, [w.name for w in spec.workloads],
+                               address, spill=f"runs/{spec.name}.unsent.jsonl") if shared_log else None
+            runner = CampaignRunner(spec, session, progress, reconnect=lambda: connect(address, token=token),
+                                    max_outage_s=args.max_outage, sink=sink)
+            result = runner.run()
     finally:
         if fleet is not None:
             fleet.close()

@@ -23,7 +23,9 @@ from ..artifact import Artifact
 from ..errors import FarmError
 from ..measure import MeasureResult, Outcome
 from .config import CampaignSpec, WorkloadSpec
+from .idle import IdleMeter, idle_fraction
 from .link import FarmLink
+from .sinks import FileSink, RecordSink
 
 log = logging.getLogger(__name__)
 
@@ -102,20 +104,29 @@ class CampaignResult:
     builds_s: float
     resubmitted: int = 0  # jobs submitted again after a lost tracker connection
     reconnects: int = 0
+    idle_timeline: list[tuple[float, float, float]] = field(default_factory=list)  # see idle.py
+
+    def idle_fraction_between(self, t0: float, t1: float) -> float | None:
+        """Device idle share between t0 and t1 seconds after the start (tracker's view)."""
+        return idle_fraction(self.idle_timeline, t0, t1)
 
     def to_json(self) -> dict[str, Any]:
         return {"campaign": self.name, "log": str(self.log), "tasks": [t.to_json() for t in self.tasks],
                 "wall_s": self.wall_s, "measured": self.measured, "resumed": self.resumed,
                 "build_nodes": self.build_nodes, "device_idle_fraction": self.device_idle_fraction,
-                "builds_s": self.builds_s, "resubmitted": self.resubmitted, "reconnects": self.reconnects}
+                "builds_s": self.builds_s, "resubmitted": self.resubmitted, "reconnects": self.reconnects,
+                "device_idle_fraction_trained": self.idle_fraction_between(self.wall_s / 2, self.wall_s)}
 
 
 class CampaignRunner:
     """Runs one campaign against a farm session; Ray must be initialized."""
 
     def __init__(self, spec: CampaignSpec, session: Any, on_progress: Callable[[list[Task], dict[str, Any]], None] | None = None,
-                 *, reconnect: Callable[[], Any] | None = None, max_outage_s: float = 300.0) -> None:
+                 *, reconnect: Callable[[], Any] | None = None, max_outage_s: float = 300.0,
+                 sink: RecordSink | None = None) -> None:
         self.spec = spec
+        self.sink: RecordSink = sink or FileSink(spec.log)
+        self.idle = IdleMeter(spec.device_keys)
         self.link = FarmLink(session, reconnect, max_outage_s=max_outage_s)
         self.resubmitted = 0
         self.on_progress = on_progress
@@ -170,17 +181,14 @@ class CampaignRunner:
 
     # --- the loop ------------------------------------------------------------------
     def run(self) -> CampaignResult:
-        from ..log import LogWriter, load_log
         from .builds import remote_build
 
-        t_start = time.monotonic()
-        records = load_log(self.spec.log).records if self.spec.log.exists() else []
-        self._make_tasks(records)
+        t_start = self._t0 = time.monotonic()
+        self._make_tasks(self.sink.load())
         build = remote_build()
-        self.spec.log.parent.mkdir(parents=True, exist_ok=True)
         last_flush = last_progress = time.monotonic()
         pending_records: list[Any] = []
-        with LogWriter(self.spec.log) as writer:
+        with self.sink.open() as writer:
             try:
                 while True:
                     active = [t for t in self.tasks if not self._task_done(t)]
@@ -211,10 +219,12 @@ class CampaignRunner:
         if self.on_progress:
             self.on_progress(self.tasks, self._devices())
         wall = time.monotonic() - t_start
+        self.idle.sample(wall, self._devices())
+        idle = self.idle.fraction()
         return CampaignResult(
             self.spec.name, self.spec.log, [self._summary(t) for t in self.tasks], wall, self.measured, self.resumed,
-            dict(self.build_nodes), self._idle_s / wall if wall > 0 else 0.0, self.builds_s, self.resubmitted,
-            self.link.reconnects)
+            dict(self.build_nodes), (self._idle_s / wall if wall > 0 else 0.0) if idle is None else idle,
+            self.builds_s, self.resubmitted, self.link.reconnects, self.idle.timeline)
 
     def _task_done(self, t: Task) -> bool:
         if t.in_flight:
@@ -225,7 +235,9 @@ class CampaignRunner:
 
     def _fill(self, t: Task, build: Any) -> None:
         room = min(self.spec.batch_size - t.in_flight, t.budget - t.done_trials - t.in_flight)
-        if room > 0 and not t.tuner.done:
+        # A proposal refits the model: ask for half a batch at a time, not one config per finished job.
+        chunk = min(max(1, self.spec.batch_size // 2), t.budget - t.done_trials - t.in_flight)
+        if room > 0 and room >= chunk and not t.tuner.done:
             t.pending.extend(t.tuner.propose(room))
         for idx in t.pending:
             ref = build.remote(t.wl.name, list(t.wl.shape), idx, t.target)
@@ -352,7 +364,10 @@ class CampaignRunner:
             log.info("%s config %d: %s %s", t.name, idx, result.outcome.value, result.message[:200])
 
     def _account_idle(self, now: float) -> None:
-        busy = any(t.jobs for t in self.tasks)
+        if now - getattr(self, "_last_sample", 0.0) >= 0.5:  # the tracker's counters (idle.py)
+            self._last_sample = now
+            self.idle.sample(now - self._t0, self._devices())
+        busy = any(t.jobs for t in self.tasks)  # the driver's own view: the fallback
         if not hasattr(self, "_last_tick"):
             self._last_tick = now
         if not busy:

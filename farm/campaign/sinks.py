@@ -8,7 +8,7 @@ to a history query. The driver sees only :class:`RecordSink`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -58,17 +58,24 @@ class TrackerSink:
     shapes and devices: its own records to skip, the others for transfer);
     appends go as one ``log_append`` per flushed batch, so a batch is in the
     log or refused whole.
+
+    ``session`` may be a callable returning the current session: the driver
+    re-dials a restarted tracker, and records kept back while it was away
+    (a lost connection) go out with the next append.
     """
 
-    def __init__(self, session: Any, workloads: Sequence[str], address: str = "") -> None:
-        self.session = session
+    def __init__(self, session: Any, workloads: Sequence[str], address: str = "",
+                 spill: str | Path | None = None) -> None:
+        self._session: Callable[[], Any] = session if callable(session) else (lambda: session)
         self.workloads = tuple(dict.fromkeys(workloads))
         self.address = address
+        self.spill = Path(spill) if spill else None
+        self.unsent: list[LogRecord] = []
 
     def load(self) -> list[LogRecord]:
         out: list[LogRecord] = []
         for name in self.workloads:
-            for recs in self.session.log_query("history", workload=name).values():
+            for recs in self._session().log_query("history", workload=name).values():
                 out.extend(recs)
         log.info("shared log on the tracker: %d records of %s", len(out), ", ".join(self.workloads))
         return out
@@ -77,13 +84,31 @@ class TrackerSink:
         return self
 
     def append(self, records: Iterable[LogRecord]) -> int:
-        return int(self.session.log_append(list(records)))
+        from rpc.errors import ConnectionLost
+
+        self.unsent.extend(records)
+        if not self.unsent:
+            return 0
+        try:
+            n = int(self._session().log_append(self.unsent))
+        except ConnectionLost as e:  # the tracker is away: keep them for the next append
+            log.warning("shared log: %d record(s) kept back, tracker unreachable: %s", len(self.unsent), e)
+            return 0
+        self.unsent = []
+        return n
 
     def __enter__(self) -> "TrackerSink":
         return self
 
     def __exit__(self, *exc: object) -> None:
-        pass
+        if self.unsent:
+            self.append([])
+        if self.unsent and self.spill is not None:
+            # Never lose a measurement: what the tracker never took goes to a local file.
+            with LogWriter(self.spill) as w:
+                w.append(self.unsent)
+            log.warning("shared log: %d record(s) the tracker never took written to %s", len(self.unsent), self.spill)
+            self.unsent = []
 
     def __str__(self) -> str:
         return f"tracker {self.address}".strip()
