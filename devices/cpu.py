@@ -34,6 +34,9 @@ class LoadedKernel:
             raise LoadError(f"artifact is for {artifact.triple}, this device is {host_triple()}")
         if not artifact.code.startswith(b"\x7fELF"):
             raise LoadError("artifact code is not an ELF object")
+        from devices.elf import check_object
+
+        check_object(artifact.code, _arch_of(host_triple()))  # truncated / relabelled objects crash MCJIT
         llvm = _llvm()
         self.artifact = artifact
         tm = llvm.Target.from_triple(host_triple()).create_target_machine()

@@ -97,14 +97,22 @@ def parse_prefix(prefix: bytes, limits: Limits = Limits()) -> tuple[int, int]:
     return json_len, blob_len
 
 
+def _no_constant(name: str) -> Any:
+    # Our encoder never writes NaN/Infinity (allow_nan=False); a peer that does would
+    # smuggle values that break ordering and deadlines (NaN <= x is always False).
+    raise ValueError(f"non-finite number {name} is not allowed")
+
+
 def decode_body(json_len: int, blob_len: int, body: bytes) -> Message:
     """Decode the body that followed a prefix accepted by ``parse_prefix``."""
     if len(body) != json_len + blob_len:
         raise ProtocolError(f"frame body is {len(body)} bytes, prefix said {json_len + blob_len}")
     try:
-        header = json.loads(body[:json_len])
+        header = json.loads(body[:json_len], parse_constant=_no_constant)
     except (UnicodeDecodeError, ValueError) as e:
         raise ProtocolError(f"frame header is not JSON: {e}") from None
+    except RecursionError:  # "[[[[..." within the size cap: must cost the peer, not the process
+        raise ProtocolError("frame header nests too deeply") from None
     if not isinstance(header, dict) or not isinstance(header.get("op"), str):
         raise ProtocolError("frame header must be a JSON object with a string 'op'")
     sizes = header.pop("_blobs", [])

@@ -81,6 +81,8 @@ class DeviceServer:
                     await self._session()
                 except (RpcError, OSError) as e:
                     log.warning("tracker %s:%d: %s", self.host, self.port, e)
+                except Exception:  # a bug hit by one session's input must not end the server
+                    log.exception("session with %s:%d failed", self.host, self.port)
                 if self._registered:  # a session that worked: start the backoff afresh
                     delays = backoff_delays(self.backoff_base, self.backoff_cap)
                 await asyncio.sleep(next(delays))

@@ -182,7 +182,10 @@ class Tracker:
             raise ProtocolError("bad capacity or fingerprint in 'register'")
         device_id = f"dev{next(self._ids)}"
         name = str(h.get("name") or device_id)[:100]
-        peer.has = {x for x in h.get("artifacts", []) if isinstance(x, str)}
+        held = h.get("artifacts", [])
+        if not isinstance(held, list):
+            raise ProtocolError("'artifacts' in 'register' must be a list of hashes")
+        peer.has = {x for x in held if isinstance(x, str)}
         self.devices[device_id] = peer
         peer.post({"op": "registered", "device_id": device_id, "heartbeat_s": self.heartbeat_s})
         log.info("device %s (%s) registered key %r capacity %d", device_id, name, h["key"], capacity)
@@ -217,7 +220,7 @@ class Tracker:
                         raise BadRequest(f"unknown op {msg.op!r:.40}")
                     try:
                         reply = await handler(client_id, peer, msg)
-                    except (TypeError, ValueError) as e:  # a field of the wrong type or value
+                    except (TypeError, ValueError, OverflowError) as e:  # a field of the wrong type or value
                         raise BadRequest(f"bad {msg.op!r:.40} request: {e}") from None
                 except RpcError as e:
                     peer.post({"op": "error", "rid": rid, "error": to_wire(e)})
