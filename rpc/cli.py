@@ -150,6 +150,8 @@ def _cmd_ray_tracker(args: argparse.Namespace) -> int:
 
     name, ns = args.ray_name, args.ray_namespace
     try:
+        if not args.stop and args.port == 0:
+            raise ValueError("--ray needs a fixed --port: devices reconnect to it after Ray restarts the actor")
         ray_tracker.connect_ray(args.ray_address, ns)
         if args.stop:
             stopped = ray_tracker.stop(name, ns)
@@ -164,8 +166,6 @@ def _cmd_ray_tracker(args: argparse.Namespace) -> int:
             log_path=os.path.abspath(args.log) if args.log else None, token_file=token_file,
             token=None if token_file else load_token(None),
         )
-        if args.port == 0:
-            raise ValueError("--ray needs a fixed --port: devices reconnect to it after Ray restarts the actor")
         handle, address = ray_tracker.start(opts, name, ns)
     except (RpcError, OSError, ValueError) as e:
         return _fail("tracker", e)
