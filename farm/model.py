@@ -84,7 +84,7 @@ def normalized_labels(gflops: np.ndarray, groups: np.ndarray) -> np.ndarray:
 class CostModel:
     """Predicts a relative score per config (higher is faster)."""
 
-    def __init__(self, objective: str = "rank", num_rounds: int = 120, seed: int = 0,
+    def __init__(self, objective: str = "rank", num_rounds: int = 80, seed: int = 0,
                  params: dict[str, Any] | None = None, context: TuneContext | None = None) -> None:
         if objective not in ("rank", "reg"):
             raise ValueError(f"objective must be 'rank' or 'reg', got {objective!r}")

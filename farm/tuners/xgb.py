@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 class XGBTuner(Tuner):
     name = "xgb"
 
-    def __init__(self, space: Any, *, objective: str = "rank", num_rounds: int = 120, n_chains: int = 64,
+    def __init__(self, space: Any, *, objective: str = "rank", num_rounds: int = 80, n_chains: int = 64,
                  sa_steps: int = 40, eps: float = 0.05, min_train: int = 16, exhaustive_limit: int = 4096,
                  diversity: int = 2, transfer: Any = None, max_transfer: int = 4000, **kw: Any) -> None:
         super().__init__(space, **kw)
