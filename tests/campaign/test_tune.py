@@ -75,6 +75,7 @@ def test_quickstart_campaign_small_budget(tmp_path: Path) -> None:
 
 def test_killed_driver_resumes_without_remeasuring(tmp_path: Path) -> None:
     log = tmp_path / "k.jsonl"
+    before = our_servers()  # other campaigns on this machine may run their own local servers
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
     p = subprocess.Popen([sys.executable, "-m", "farm.cli", "tune", str(QUICKSTART), "--trials", "24",
                           "--log", str(log), "--no-progress"], cwd=tmp_path, env=env,
@@ -88,7 +89,7 @@ def test_killed_driver_resumes_without_remeasuring(tmp_path: Path) -> None:
     first = records(log)
     assert 8 <= len(first) < 48
     time.sleep(1.0)
-    assert not our_servers() - set(), "device server must die with the killed driver (PDEATHSIG)"
+    assert not our_servers() - before, "device server must die with the killed driver (PDEATHSIG)"
     r = farm("tune", str(QUICKSTART), "--trials", "24", "--log", str(log), "--json", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     s = json.loads(r.stdout.strip().splitlines()[-1])
