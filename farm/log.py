@@ -186,6 +186,11 @@ def load_log(path: str | os.PathLike[str]) -> LoadedLog:
                 except (ValueError, KeyError, TypeError, AttributeError) as e:
                     torn = "" if line.endswith("\n") else " (torn last line)"
                     skipped.append(SkippedLine(str(p), lineno, f"malformed record{torn}: {type(e).__name__}: {e}"))
+                if not line.endswith("\n"):
+                    # EOF as of this read. A writer may be appending right now: iterating on would
+                    # return the rest of this same line as a "line" of its own, and a whole record
+                    # would be reported malformed (and re-measured by a resume).
+                    break
     except (EOFError, gzip.BadGzipFile) as e:
         # A gzip stream cut short: keep what decoded, say where it stopped.
         skipped.append(SkippedLine(str(p), len(records) + len(skipped) + 1, f"truncated compressed log: {e}"))
