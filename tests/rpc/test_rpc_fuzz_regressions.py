@@ -7,7 +7,7 @@ import pytest
 
 from rpc import codec
 from rpc.client import AsyncClient
-from rpc.errors import BadRequest, ProtocolError
+from rpc.errors import BadRequest, ConnectionLost, ProtocolError
 from rpc.tracker import Tracker
 from tests.support.fuzz import deep_json, frame, frame_raw
 
@@ -49,7 +49,7 @@ def test_tracker_answers_overflowing_and_mistyped_fields_without_dropping() -> N
             conn = await open_connection("127.0.0.1", port)
             await auth.dial(conn, TOKEN, "device")
             conn.writer.write(frame({"op": "register", "key": "k", "capacity": 1, "fingerprint": {}, "artifacts": 1.5}))
-            with pytest.raises(Exception):
+            with pytest.raises(ConnectionLost):  # dropped, not registered
                 await conn.recv(idle_timeout=5)
             conn.abort()
             assert not tracker.devices

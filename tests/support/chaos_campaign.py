@@ -153,27 +153,23 @@ class ChaosCampaign:
         cfg.write_text(campaign_yaml(log_path, self.trials, self.seed))
         env = self.farm.env()
         env["RAY_USAGE_STATS_ENABLED"] = "0"
-        out, err = open(self.workdir / "tune.out", "wb"), open(self.workdir / "tune.err", "wb")
         t0 = time.monotonic()
-        tune = subprocess.Popen(
-            [sys.executable, "-m", "farm.cli", "tune", str(cfg), "--tracker", self.farm.address, "--build-cpus", "1",
-             "--max-outage", "120", "--no-progress", "--json"],
-            cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
         hung = False
-        try:
-            self._fire(tune, log_path, t0)
+        with open(self.workdir / "tune.out", "wb") as out, open(self.workdir / "tune.err", "wb") as err:
+            tune = subprocess.Popen(
+                [sys.executable, "-m", "farm.cli", "tune", str(cfg), "--tracker", self.farm.address, "--build-cpus",
+                 "1", "--max-outage", "120", "--no-progress", "--json"],
+                cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
             try:
-                tune.wait(max(1.0, self.deadline_s - (time.monotonic() - t0)))
-            except subprocess.TimeoutExpired:
-                hung = True
-                tune.kill()
-                tune.wait(10)
-        finally:
-            if tune.poll() is None:
-                tune.kill()
-                tune.wait(10)
-            out.close()
-            err.close()
+                self._fire(tune, log_path, t0)
+                try:
+                    tune.wait(max(1.0, self.deadline_s - (time.monotonic() - t0)))
+                except subprocess.TimeoutExpired:
+                    hung = True
+            finally:
+                if tune.poll() is None:
+                    tune.kill()
+                    tune.wait(10)
         report = self._report(log_path, tune.returncode, hung, time.monotonic() - t0)
         if self.proxy is not None:
             self.events["upload_cut"] = self.proxy.cuts

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from typing import Self
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ class CuttingProxy:
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
 
-    def __enter__(self) -> "CuttingProxy":
+    def __enter__(self) -> Self:
         self.start()
         return self
 
