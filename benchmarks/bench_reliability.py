@@ -1,0 +1,109 @@
+"""What the farm survives, measured with real processes on loopback (issue 8).
+
+    python benchmarks/bench_reliability.py --quick --json
+
+Three parts, run one after another (never two heavy runs at once on a small machine):
+
+1. chaos: a real campaign (`farm tune --tracker`, Ray builds, CPU device servers) while
+   device servers are SIGKILLed (some restarted), the tracker is killed and restarted,
+   a device's connection is cut mid-upload, one device is slow, and candidates segfault,
+   hang or write out of bounds. Counts trials planned / logged / lost / duplicated.
+2. fuzz: hostile inputs at a real tracker and a real device server, with an end-to-end
+   probe every 100 inputs; counts frames fuzzed, crashes and hangs.
+3. load: one tracker, 64 device-server processes (a 1 ms kernel), 4 concurrent clients;
+   jobs/s, p50/p99 job latency, tracker CPU seconds and RSS.
+
+The last line with --json is one JSON object (keys: faults_injected, trials_planned,
+trials_logged, lost, duplicated, crashes, hangs, frames_fuzzed, load_*, tracker_*).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def chaos(workdir: Path, quick: bool) -> dict[str, Any]:
+    from tests.support.chaos_campaign import run_chaos
+
+    r = run_chaos(workdir, trials=16 if quick else 32, seed=3)
+    return {
+        "faults_injected": r.faults_injected, "fault_events": dict(r.events), "trials_planned": r.trials_planned,
+        "trials_logged": r.trials_logged, "lost": r.lost, "duplicated": r.duplicated,
+        "chaos_outcomes": dict(r.outcomes), "chaos_wall_s": round(r.wall_s, 1),
+        "chaos_reconnects": r.summary.get("reconnects"), "chaos_resubmitted": r.summary.get("resubmitted"),
+        "chaos_crashes": int(r.returncode not in (0, None) or bool(r.leaked)), "chaos_hangs": int(r.hung),
+        "chaos_leaked": len(r.leaked),
+    }
+
+
+def fuzz(workdir: Path, quick: bool) -> dict[str, Any]:
+    from tests.support.fuzz_targets import run_fuzz
+
+    r = run_fuzz(workdir, tracker_inputs=8000 if quick else 20000, device_inputs=2000 if quick else 5000)
+    growth = {name: round(max(st.rss_mb) - min(st.rss_mb[:3]), 1) if st.rss_mb else None
+              for name, st in (("tracker", r.tracker), ("device", r.device))}
+    return {
+        "frames_fuzzed": r.inputs, "fuzz_probes": r.tracker.probes + r.device.probes,
+        "fuzz_probe_failures": len(r.tracker.probe_failures) + len(r.device.probe_failures),
+        "fuzz_crashes": r.crashes, "fuzz_hangs": r.hangs, "fuzz_rss_growth_mb": growth,
+        "fuzz_wall_s": round(r.wall_s, 1), "fuzz_leaked": len(r.leaked),
+    }
+
+
+def load(workdir: Path, quick: bool) -> dict[str, Any]:
+    from tests.support.load import run_load
+
+    r = run_load(workdir, devices=64, clients=4, duration_s=15.0 if quick else 30.0)
+    return {
+        "load_devices": r.devices, "load_clients": r.clients, "load_jobs": r.jobs, "load_failed": r.failed,
+        "load_jobs_per_s": round(r.jobs_per_s, 1), "load_p50_ms": round(r.p50_ms, 2),
+        "load_p99_ms": round(r.p99_ms, 2), "tracker_cpu_s": round(r.tracker_cpu_s, 2),
+        "tracker_cpu_share": round(r.tracker_cpu_s / r.duration_s, 3) if r.duration_s else None,
+        "tracker_rss_mb": round(r.tracker_rss_mb, 1), "load_startup_s": round(r.startup_s, 1),
+        "load_crashes": int(not r.tracker_alive), "load_leaked": len(r.leaked),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="smaller budgets (a few minutes in all)")
+    ap.add_argument("--json", action="store_true", help="end with one JSON object on its own line")
+    ap.add_argument("--only", choices=["chaos", "fuzz", "load"], action="append", help="run only these parts")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    parts = args.only or ["chaos", "fuzz", "load"]
+    out: dict[str, Any] = {"quick": args.quick}
+    t0 = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="kf-reliability-") as tmp:
+        for name, fn in (("chaos", chaos), ("fuzz", fuzz), ("load", load)):
+            if name in parts:
+                t = time.monotonic()
+                res = fn(Path(tmp) / name, args.quick)
+                out.update(res)
+                print(f"{name}: {time.monotonic() - t:.0f}s " + ", ".join(f"{k}={v}" for k, v in res.items()), flush=True)
+    out["crashes"] = sum(int(out.get(k, 0)) for k in ("chaos_crashes", "fuzz_crashes", "load_crashes"))
+    out["hangs"] = sum(int(out.get(k, 0)) for k in ("chaos_hangs", "fuzz_hangs"))
+    out.setdefault("faults_injected", 0)
+    out["wall_s"] = round(time.monotonic() - t0, 1)
+    for k in ("trials_planned", "trials_logged", "lost", "duplicated", "frames_fuzzed"):
+        out.setdefault(k, 0)
+    print(f"lost={out['lost']} duplicated={out['duplicated']} crashes={out['crashes']} hangs={out['hangs']} "
+          f"(must all be 0)", flush=True)
+    if args.json:
+        print(json.dumps(out))
+    ok = out["lost"] == 0 and out["duplicated"] == 0 and out["crashes"] == 0 and out["hangs"] == 0
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
