@@ -207,7 +207,7 @@ def parse_fleet(text: str, path: str | Path = "<string>") -> FleetSpec:
     for name, (knode, _) in top.items():
         if name not in TOP_FIELDS:
             raise _unknown(ctx, knode, name, name, TOP_FIELDS)
-    if "version" in top and ctx.value(top["version"][1]) != 1:
+    if "version" in top and ctx.value(top["version"][1], "version") != 1:
         raise ctx.error(top["version"][1], "version", f"unsupported version {_describe(ctx, top['version'][1])} (this farm reads 1)")
     defaults: dict[str, tuple[yaml.Node, yaml.Node, str]] = {}
     if "defaults" in top:

@@ -53,8 +53,11 @@ class Ctx:
         line = node.start_mark.line + 1 if node is not None else 1
         return self.error_cls(self.file, line, field, reason)
 
-    def value(self, node: yaml.Node) -> Any:
-        return self._loader.construct_object(node, deep=True)
+    def value(self, node: yaml.Node, field: str = "<value>") -> Any:
+        try:
+            return self._loader.construct_object(node, deep=True)
+        except yaml.YAMLError as e:  # e.g. an unknown tag (!!python/object): SafeLoader refuses it
+            raise self.error(node, field, f"cannot read this value: {getattr(e, 'problem', None) or e}") from None
 
     def mapping(self, node: yaml.Node, field: str) -> dict[str, tuple[yaml.Node, yaml.Node]]:
         if not isinstance(node, yaml.MappingNode):
@@ -97,7 +100,7 @@ def unknown(ctx: Ctx, knode: yaml.Node, field: str, name: str, allowed: tuple[st
 # ---- typed field readers: each takes (ctx, value node, field path) ----------------
 
 def read_str(ctx: Ctx, node: yaml.Node, field: str) -> str:
-    val = ctx.value(node) if isinstance(node, yaml.ScalarNode) else node
+    val = ctx.value(node, field) if isinstance(node, yaml.ScalarNode) else node
     if not isinstance(val, str) or not val.strip():
         raise ctx.error(node, field, f"expected a non-empty string, got {describe(ctx, node)}")
     return val.strip()
@@ -112,7 +115,7 @@ def read_ident(ctx: Ctx, node: yaml.Node, field: str) -> str:
 
 def read_int(lo: int, hi: int) -> Callable[[Ctx, yaml.Node, str], int]:
     def read(ctx: Ctx, node: yaml.Node, field: str) -> int:
-        val = ctx.value(node) if isinstance(node, yaml.ScalarNode) else node
+        val = ctx.value(node, field) if isinstance(node, yaml.ScalarNode) else node
         if isinstance(val, bool) or not isinstance(val, int):
             raise ctx.error(node, field, f"expected an integer, got {describe(ctx, node)}")
         if not lo <= val <= hi:
@@ -123,14 +126,14 @@ def read_int(lo: int, hi: int) -> Callable[[Ctx, yaml.Node, str], int]:
 
 
 def read_bool(ctx: Ctx, node: yaml.Node, field: str) -> bool:
-    val = ctx.value(node) if isinstance(node, yaml.ScalarNode) else node
+    val = ctx.value(node, field) if isinstance(node, yaml.ScalarNode) else node
     if not isinstance(val, bool):
         raise ctx.error(node, field, f"expected true or false, got {describe(ctx, node)}")
     return val
 
 
 def read_seconds(ctx: Ctx, node: yaml.Node, field: str) -> float:
-    val = ctx.value(node) if isinstance(node, yaml.ScalarNode) else node
+    val = ctx.value(node, field) if isinstance(node, yaml.ScalarNode) else node
     if isinstance(val, bool) or not isinstance(val, (int, float)) or not 0 < val <= 3600:
         raise ctx.error(node, field, f"expected seconds in (0, 3600], got {describe(ctx, node)}")
     return float(val)

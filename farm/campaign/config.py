@@ -77,7 +77,7 @@ class CampaignSpec:
 
 def _float(lo: float, hi: float) -> Any:
     def read(ctx: Ctx, node: yaml.Node, fld: str) -> float:
-        val = ctx.value(node) if isinstance(node, yaml.ScalarNode) else node
+        val = ctx.value(node, fld) if isinstance(node, yaml.ScalarNode) else node
         if isinstance(val, bool) or not isinstance(val, (int, float)) or not lo <= val <= hi:
             raise ctx.error(node, fld, f"expected a number in [{lo}, {hi}], got {describe(ctx, node)}")
         return float(val)
