@@ -45,6 +45,7 @@ CASES = [  # name in the JSON, workload, shape, numpy baseline kind
     ("conv2d_1x1", "conv2d", (1, 256, 56, 56, 64, 1, 1, 0), "im2col"),
 ]
 QUICK_CASES = ("matmul_512", "matmul_1024", "conv2d_3x3")
+DEFAULT_LOG = Path(__file__).resolve().parent / "data" / "perf_best.jsonl"
 
 
 def numpy_fn(kind: str, arrays: list[np.ndarray], shape: tuple[int, ...]) -> Callable[[], Any]:
@@ -94,11 +95,15 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer rounds and shorter timings (a few minutes at most)")
     ap.add_argument("--json", action="store_true", help="end with one JSON object of the figures")
-    ap.add_argument("--log", help="shared log: add the best tuned config of each case")
+    ap.add_argument("--log", default=str(DEFAULT_LOG) if DEFAULT_LOG.exists() else None,
+                    help="shared log: add the best tuned config of each case (default: the committed "
+                         "benchmarks/data/perf_best.jsonl from `farm tune configs/campaigns/perf.yaml`; 'none' to skip)")
     ap.add_argument("--cases", help="comma-separated subset of case names")
     args = ap.parse_args(argv)
+    if args.log == "none":
+        args.log = None
     rounds, min_s = (3, 0.05) if args.quick else (7, 0.2)
-    wanted = args.cases.split(",") if args.cases else (QUICK_CASES if args.quick and not args.log else None)
+    wanted = args.cases.split(",") if args.cases else None
     cases = [c for c in CASES if wanted is None or c[0] in wanted]
     figures: dict[str, Any] = {"rounds": rounds}
     rows = []
