@@ -225,6 +225,7 @@ class FuzzTracker:
             self._server.close()
         if self._conn is not None:
             self._conn.abort()
+        await asyncio.sleep(0.1)  # let the connection's task see the abort and end before the loop closes
 
     async def _on_connection(self, conn: Connection) -> None:
         if self._preauth is not None:
