@@ -13,6 +13,7 @@ never came, at most ``MAX_RESUBMITS`` times each.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import time
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from ..measure import MeasureResult, Outcome
 from .config import CampaignSpec, WorkloadSpec
 from .idle import IdleMeter, idle_fraction
 from .link import FarmLink
+from .proposer import BackgroundTuner
 from .sinks import FileSink, RecordSink
 
 log = logging.getLogger(__name__)
@@ -185,6 +187,10 @@ class CampaignRunner:
 
         t_start = self._t0 = time.monotonic()
         self._make_tasks(self.sink.load())
+        # Proposals (model refit + search) run on one worker thread so the loop keeps devices fed.
+        pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kf-propose")
+        for t in self.tasks:
+            t.tuner = BackgroundTuner(t.tuner, pool)
         build = remote_build()
         last_flush = last_progress = time.monotonic()
         pending_records: list[Any] = []
@@ -216,6 +222,7 @@ class CampaignRunner:
                 if pending_records:
                     writer.append(pending_records)
                 self.link.close()
+                pool.shutdown(wait=False, cancel_futures=True)
         if self.on_progress:
             self.on_progress(self.tasks, self._devices())
         wall = time.monotonic() - t_start
