@@ -152,6 +152,7 @@ def _cmd_ray_tracker(args: argparse.Namespace) -> int:
     try:
         if not args.stop and args.port == 0:
             raise ValueError("--ray needs a fixed --port: devices reconnect to it after Ray restarts the actor")
+        token = b"" if args.stop else load_token(args.token_file)  # fail here, not in the actor
         ray_tracker.connect_ray(args.ray_address, ns)
         if args.stop:
             stopped = ray_tracker.stop(name, ns)
@@ -164,16 +165,14 @@ def _cmd_ray_tracker(args: argparse.Namespace) -> int:
             host=args.host, port=args.port, heartbeat_s=args.heartbeat, max_retries=args.max_retries,
             frame_timeout=args.frame_timeout, handshake_timeout=args.handshake_timeout,
             log_path=os.path.abspath(args.log) if args.log else None, token_file=token_file,
-            token=None if token_file else load_token(None),
+            token=None if token_file else token,
         )
         handle, address = ray_tracker.start(opts, name, ns)
+        pid = ray_tracker.actor_pid(handle)
     except (RpcError, OSError, ValueError) as e:
         return _fail("tracker", e)
     except Exception as e:  # Ray's own errors (no cluster, actor died in its constructor)
         return _fail("tracker", RuntimeError(f"{type(e).__name__}: {str(e)[:500]}"))
-    import ray
-
-    pid = ray.get(handle.pid.remote(), timeout=30)
     print(f"tracker listening on {address} (Ray actor {ns}/{name}, pid {pid}; "
           f"stop with `farm tracker --ray --stop`)", flush=True)
     return 0

@@ -136,6 +136,12 @@ def start(opts: TrackerOptions, name: str = ACTOR_NAME, namespace: str = NAMESPA
     return handle, address
 
 
+def actor_pid(handle: Any, timeout_s: float = 30.0) -> int:
+    import ray
+
+    return int(ray.get(handle.pid.remote(), timeout=timeout_s))
+
+
 def stop(name: str = ACTOR_NAME, namespace: str = NAMESPACE) -> bool:
     """Remove the actor for good (no restart); False if none was running."""
     import ray
