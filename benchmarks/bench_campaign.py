@@ -89,7 +89,7 @@ class _Sampler:
             self.samples.append((time.monotonic(), int(k.get("busy", 0)), int(k.get("pending", 0))))
             self._stop.wait(self.every_s)
 
-    def start(self) -> "_Sampler":
+    def start(self) -> _Sampler:
         self._thread.start()
         return self
 

@@ -171,7 +171,7 @@ def _cmd_ray_tracker(args: argparse.Namespace) -> int:
         pid = ray_tracker.actor_pid(handle)
     except (RpcError, OSError, ValueError) as e:
         return _fail("tracker", e)
-    except Exception as e:  # Ray's own errors (no cluster, actor died in its constructor)
+    except Exception as e:  # noqa: BLE001 - Ray's own errors (no cluster, actor died in its constructor)
         return _fail("tracker", RuntimeError(f"{type(e).__name__}: {str(e)[:500]}"))
     print(f"tracker listening on {address} (Ray actor {ns}/{name}, pid {pid}; "
           f"stop with `farm tracker --ray --stop`)", flush=True)

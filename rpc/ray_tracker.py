@@ -79,7 +79,7 @@ class TrackerActor:
         if host in ("0.0.0.0", "::", ""):
             import ray
 
-            return str(ray.util.get_node_ip_address())
+            return str(ray.util.get_node_ip_address())  # type: ignore[no-untyped-call]
         return host
 
     def address(self) -> str:
@@ -123,8 +123,8 @@ def start(opts: TrackerOptions, name: str = ACTOR_NAME, namespace: str = NAMESPA
     if existing is not None:
         return existing, str(ray.get(existing.address.remote(), timeout=timeout_s))
     node = ray.get_runtime_context().get_node_id()
-    actor_cls = ray.remote(TrackerActor)
-    handle = actor_cls.options(
+    actor_cls: Any = ray.remote(TrackerActor)  # Ray's stubs do not follow .options().remote()
+    handle: Any = actor_cls.options(
         name=name, namespace=namespace, lifetime="detached", max_restarts=-1, max_concurrency=4,
         num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False),
     ).remote(opts)

@@ -22,7 +22,7 @@ TRACKER_LOG = "tracker"  # `log: tracker` in a campaign (or `--log tracker`) nam
 class RecordWriter(Protocol):
     def append(self, records: Iterable[LogRecord]) -> int: ...
 
-    def __enter__(self) -> "RecordWriter": ...
+    def __enter__(self) -> RecordWriter: ...
 
     def __exit__(self, *exc: object) -> None: ...
 
@@ -80,7 +80,7 @@ class TrackerSink:
         log.info("shared log on the tracker: %d records of %s", len(out), ", ".join(self.workloads))
         return out
 
-    def open(self) -> "TrackerSink":
+    def open(self) -> TrackerSink:
         return self
 
     def append(self, records: Iterable[LogRecord]) -> int:
@@ -97,7 +97,7 @@ class TrackerSink:
         self.unsent = []
         return n
 
-    def __enter__(self) -> "TrackerSink":
+    def __enter__(self) -> TrackerSink:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -36,7 +36,7 @@ class RayHead:
         self.env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="token",
                         RAY_AUTH_TOKEN=secrets.token_hex(16), RAY_ADDRESS=self.address, **{self.marker: "1"})
 
-    def start(self) -> "RayHead":
+    def start(self) -> RayHead:
         env = {k: v for k, v in self.env.items() if k != "RAY_ADDRESS"}
         r = subprocess.run(["ray", "start", "--head", f"--port={self.port}", f"--num-cpus={self.num_cpus}",
                             "--include-dashboard=false", "--disable-usage-stats", "--node-ip-address=127.0.0.1",
@@ -53,7 +53,7 @@ class RayHead:
         if left:
             procs.kill_all(left)
 
-    def __enter__(self) -> "RayHead":
+    def __enter__(self) -> RayHead:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
