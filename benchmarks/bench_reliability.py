@@ -47,7 +47,7 @@ def chaos(workdir: Path, quick: bool) -> dict[str, Any]:
 
 
 def fuzz(workdir: Path, quick: bool) -> dict[str, Any]:
-    from tests.support.fuzz_targets import run_fuzz
+    from tests.support.fuzz_run import run_fuzz
 
     r = run_fuzz(workdir, tracker_inputs=8000 if quick else 20000, device_inputs=2000 if quick else 5000)
     growth = {name: round(max(st.rss_mb) - min(st.rss_mb[:3]), 1) if st.rss_mb else None

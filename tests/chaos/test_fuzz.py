@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.fuzz_targets import run_fuzz
+from tests.support.fuzz_run import run_fuzz
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(600)]
 
