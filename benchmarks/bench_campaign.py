@@ -159,7 +159,8 @@ def main() -> int:
     args = ap.parse_args()
     n = args.n or (12 if args.quick else 40)
     trials = args.trials or (32 if args.quick else 96)
-    res: dict[str, Any] = {"cores": os.cpu_count()}
+    # Other work on the machine takes cores from both sides: say how busy it was.
+    res: dict[str, Any] = {"cores": os.cpu_count(), "loadavg_1m_before": os.getloadavg()[0]}
     if not args.skip_builds:
         res.update(bench_builds(n, args.cpus))
     build_cpus = max(1, (os.cpu_count() or 2) - 1)  # as `farm tune` starts its local Ray
@@ -179,6 +180,9 @@ def main() -> int:
     print(_row("quickstart (min_repeat_ms 20)", quick))
     print(_row(f"device-bound (min_repeat_ms {args.device_bound_ms:g})", bound))
     print("  goal: idle < 10% in the 2nd half (model trained); a device idles whenever build/t > device/t")
+    res["loadavg_1m_after"] = os.getloadavg()[0]
+    print(f"load average (1 min) before/after: {res['loadavg_1m_before']:.1f} / {res['loadavg_1m_after']:.1f} "
+          f"on {res['cores']} cores")
     if args.json:
         print(json.dumps(res))
     return 0
