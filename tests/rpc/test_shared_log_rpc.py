@@ -125,3 +125,11 @@ def test_rpc_imports_no_farm_ray_or_numpy() -> None:
     r = subprocess.run([sys.executable, "-c", "import json;" + code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout) == []
+
+
+def test_ray_tracker_needs_a_fixed_port(tmp_path: Path) -> None:
+    # Checked before Ray is touched: devices must find a restarted actor at the same address.
+    farm = LocalFarm(tmp_path / "farm")
+    r = subprocess.run([sys.executable, "-m", "rpc.cli", "tracker", "--ray", "--port", "0"], env=farm.env(),
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "needs a fixed --port" in r.stderr, r.stderr[-2000:]
