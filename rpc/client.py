@@ -198,6 +198,15 @@ class Client:
     def describe(self, key: str) -> list[dict[str, Any]]:
         return self._run(self._async.describe(key))
 
+    def ping(self, timeout: float) -> None:
+        """Round trip to the tracker; TimeoutError if it does not answer in ``timeout`` s
+        (a stopped or wedged tracker keeps the TCP connection open but never replies)."""
+        self._run(self._async.call("ping", timeout=timeout), timeout=timeout + 1.0)
+
+    def abort(self) -> None:
+        """Drop the connection now: pending calls and job results fail with ConnectionLost."""
+        self._loop.call_soon_threadsafe(self._async.conn.abort)
+
     def call(self, op: str, timeout: float | None = None, **fields: Any) -> dict[str, Any]:
         """Any named request (e.g. ``log_query``); returns the reply's fields."""
         return self._run(self._async.call(op, timeout=timeout, **fields))

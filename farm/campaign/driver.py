@@ -206,6 +206,7 @@ class CampaignRunner:
                     progressed |= self._collect_builds(pending_records)
                     progressed |= self._collect_jobs(pending_records)
                     progressed |= self._resubmit(pending_records)
+                    self.link.watch(any(t.jobs for t in self.tasks), progressed)
                     now = time.monotonic()
                     self._account_idle(now)
                     if pending_records and (len(pending_records) >= self.spec.batch_size or now - last_flush > 1.0):

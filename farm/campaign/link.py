@@ -8,6 +8,10 @@ blocking the loop for long) and, once connected, the driver resubmits every
 job whose result never came. An outage longer than ``max_outage_s`` aborts
 the campaign with a FarmError (rerunning it resumes from the log).
 
+``watch`` pings a tracker that has gone quiet while jobs are in flight: a stopped
+or wedged tracker keeps its TCP connections open and would otherwise stall the
+campaign forever.
+
 Each session is numbered (``gen``): a failure reported for an older session
 (a job future that failed late) must not mark a fresh connection broken.
 """
@@ -29,7 +33,8 @@ class FarmLink:
     """Holds the current farm session; ``lost(gen)`` marks it broken, ``restore()`` re-dials."""
 
     def __init__(self, session: Any, reconnect: Callable[[], Any] | None = None, *, max_outage_s: float = 300.0,
-                 backoff_base: float = 0.2, backoff_cap: float = 5.0) -> None:
+                 backoff_base: float = 0.2, backoff_cap: float = 5.0, stall_s: float = 15.0,
+                 ping_timeout_s: float = 10.0) -> None:
         self.session = session
         self.reconnect = reconnect
         self.max_outage_s = max_outage_s
@@ -41,6 +46,8 @@ class FarmLink:
         self._next_try = 0.0
         self._delays: Iterator[float] = backoff_delays(backoff_base, backoff_cap)
         self._opened: list[Any] = []  # sessions we made (the first one belongs to the caller)
+        self.stall_s, self.ping_timeout_s = stall_s, ping_timeout_s
+        self._last_progress = time.monotonic()
 
     def lost(self, gen: int, err: BaseException) -> None:
         """A call on session ``gen`` failed with a lost connection."""
@@ -78,6 +85,28 @@ class FarmLink:
         log.warning("reconnected to the tracker after %.1fs (reconnect %d)", time.monotonic() - self._since,
                     self.reconnects)
         return True
+
+    def watch(self, busy: bool, progressed: bool) -> None:
+        """Catch a tracker that is alive to TCP but no longer answers (stopped, wedged).
+
+        Called on each turn of the driver loop. When jobs are in flight and nothing has
+        come back for ``stall_s``, ping; if the ping times out, drop the connection so its
+        jobs fail with ConnectionLost and are resubmitted after a re-dial."""
+        now = time.monotonic()
+        if progressed or not busy or self.broken:
+            self._last_progress = now
+            return
+        if now - self._last_progress < self.stall_s:
+            return
+        gen = self.gen
+        try:
+            self.session.client.ping(self.ping_timeout_s)
+        except Exception as e:  # noqa: BLE001 - timeout or lost connection: either way, re-dial
+            log.warning("the tracker did not answer a ping in %.0fs (%s); dropping the connection",
+                        self.ping_timeout_s, type(e).__name__)
+            self.session.client.abort()
+            self.lost(gen, e)
+        self._last_progress = time.monotonic()  # alive (jobs are just long) or dropped: next check later
 
     def close(self) -> None:
         for s in self._opened:

@@ -57,3 +57,33 @@ def test_outage_limit_and_no_reconnect() -> None:
     bare.lost(0, RuntimeError("gone"))
     with pytest.raises(FarmError, match="no way to reconnect"):
         bare.restore()
+
+
+class PingClient:
+    def __init__(self, answers: bool) -> None:
+        self.answers, self.pings, self.aborted = answers, 0, False
+
+    def ping(self, timeout: float) -> None:
+        self.pings += 1
+        if not self.answers:
+            raise TimeoutError(f"no answer in {timeout}s")
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+def test_watch_pings_a_quiet_tracker_and_drops_a_dead_one() -> None:
+    alive, dead = FakeSession(0), FakeSession(1)
+    alive.client, dead.client = PingClient(True), PingClient(False)  # type: ignore[attr-defined]
+    link = FarmLink(alive, None, stall_s=0.05, ping_timeout_s=0.01)
+    link.watch(busy=True, progressed=False)
+    assert alive.client.pings == 0  # type: ignore[attr-defined]  # not quiet for long yet
+    time.sleep(0.06)
+    link.watch(busy=False, progressed=False)  # nothing in flight: silence is fine
+    assert alive.client.pings == 0  # type: ignore[attr-defined]
+    time.sleep(0.06)
+    link.watch(busy=True, progressed=False)
+    assert alive.client.pings == 1 and not link.broken  # type: ignore[attr-defined]  # long jobs, live tracker
+    link = FarmLink(dead, None, stall_s=0.0, ping_timeout_s=0.01)
+    link.watch(busy=True, progressed=False)
+    assert dead.client.aborted and link.broken  # type: ignore[attr-defined]
