@@ -35,7 +35,7 @@ if str(ROOT) not in sys.path:
 def chaos(workdir: Path, quick: bool) -> dict[str, Any]:
     from tests.support.chaos_campaign import run_chaos
 
-    r = run_chaos(workdir, trials=16 if quick else 32, seed=3)
+    r = run_chaos(workdir, trials=20 if quick else 32, seed=3)
     return {
         "faults_injected": r.faults_injected, "fault_events": dict(r.events), "trials_planned": r.trials_planned,
         "trials_logged": r.trials_logged, "lost": r.lost, "duplicated": r.duplicated,

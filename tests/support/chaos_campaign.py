@@ -178,21 +178,22 @@ class ChaosCampaign:
         return report
 
     def _fire(self, tune: subprocess.Popen[bytes], log_path: Path, t0: float) -> None:
-        """Faults at random moments once measurements flow, until the campaign ends."""
-        while tune.poll() is None and not (log_path.exists() and log_path.stat().st_size > 0):
-            if time.monotonic() - t0 > self.deadline_s / 2:
-                return
-            time.sleep(0.2)
-        # One of each kind first (random moments, fixed order), then the rest shuffled.
+        """Faults at random moments, spread over the campaign by its progress (records in the log),
+        so a fast campaign still takes every fault mid-run."""
+        # The tracker restart first, then one of each other kind, then the rest shuffled.
         rest = ["device", "upload_cut", "device_restart", "tracker", "device_restart"]
         self.rng.shuffle(rest)
-        plan = ["upload_cut", "device_restart", "tracker", *rest]
-        for what in plan:
-            end = time.monotonic() + self.rng.uniform(1.0, 3.5)
-            while time.monotonic() < end:
-                if tune.poll() is not None:
+        plan = ["tracker", "upload_cut", "device_restart", *rest]
+        planned = self.trials * len(WORKLOADS)
+        for k, what in enumerate(plan):
+            milestone = planned * (k + 0.5) / (len(plan) + 1)
+            while self._logged(log_path) < milestone:
+                if tune.poll() is not None or time.monotonic() - t0 > self.deadline_s:
                     return
-                time.sleep(0.1)
+                time.sleep(0.05)
+            time.sleep(self.rng.uniform(0.0, 0.5))
+            if tune.poll() is not None:
+                return
             log.info("chaos: %s", what)
             if what == "tracker":
                 self.kill_tracker()
@@ -200,6 +201,13 @@ class ChaosCampaign:
                 self.cut_upload()
             else:
                 self.kill_device(restart=what == "device_restart")
+
+    @staticmethod
+    def _logged(log_path: Path) -> int:
+        try:
+            return log_path.read_bytes().count(b"\n")
+        except OSError:
+            return 0
 
     def _report(self, log_path: Path, rc: int | None, hung: bool, wall: float) -> ChaosReport:
         recs = []
