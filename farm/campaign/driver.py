@@ -129,6 +129,7 @@ class CampaignRunner:
         self.spec = spec
         self.sink: RecordSink = sink or FileSink(spec.log)
         self.idle = IdleMeter(spec.device_keys)
+        self.free: dict[str, int] = {}  # free devices per key at the last summary
         self.link = FarmLink(session, reconnect, max_outage_s=max_outage_s)
         self.resubmitted = 0
         self.on_progress = on_progress
@@ -242,7 +243,9 @@ class CampaignRunner:
         return t.finished
 
     def _fill(self, t: Task, build: Any) -> None:
-        room = min(self.spec.batch_size - t.in_flight, t.budget - t.done_trials - t.in_flight)
+        # Pipeline depth: a batch, plus one per device now free, so a grown fleet is kept fed.
+        depth = self.spec.batch_size + self.free.get(t.key, 0)
+        room = min(depth - t.in_flight, t.budget - t.done_trials - t.in_flight)
         # A proposal refits the model: ask for half a batch at a time, not one config per finished job.
         chunk = min(max(1, self.spec.batch_size // 2), t.budget - t.done_trials - t.in_flight)
         if room > 0 and room >= chunk and not t.tuner.done:
@@ -374,7 +377,9 @@ class CampaignRunner:
     def _account_idle(self, now: float) -> None:
         if now - getattr(self, "_last_sample", 0.0) >= 0.5:  # the tracker's counters (idle.py)
             self._last_sample = now
-            self.idle.sample(now - self._t0, self._devices())
+            summary = self._devices()
+            self.idle.sample(now - self._t0, summary)
+            self.free = {k: int(v.get("free", 0)) for k, v in (summary.get("keys") or {}).items()}
         busy = any(t.jobs for t in self.tasks)  # the driver's own view: the fallback
         if not hasattr(self, "_last_tick"):
             self._last_tick = now

@@ -1,0 +1,48 @@
+"""Pipeline depth follows free devices: one task with batch_size 1 keeps several devices busy.
+
+A real embedded farm (in-process tracker, three local CPU device servers) and a
+local Ray; the tracker's busy counters (the campaign's idle timeline) show more
+than one device working at once, which a depth of just the batch size cannot.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.ray
+
+
+def test_free_devices_deepen_the_pipeline(tmp_path: Path) -> None:
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+
+    from farm.campaign.builds import init_ray
+    from farm.campaign.config import parse_campaign
+    from farm.campaign.driver import CampaignRunner
+    from farm.campaign.embedded import EmbeddedFarm
+    from farm.client_api import connect
+
+    spec = parse_campaign(f"""name: depth
+log: {tmp_path}/depth.jsonl
+tuner: random
+trials: 10
+batch_size: 1
+transfer: false
+timing: {{repeat: 2, min_repeat_ms: 300, timeout_s: 20}}
+workloads:
+  - {{name: matmul, shape: [64, 64, 64]}}
+""")
+    assert not ray.is_initialized()
+    init_ray(None, 1)
+    try:
+        with EmbeddedFarm(servers=3) as farm, connect(farm.address, token=farm.token) as session:
+            result = CampaignRunner(spec, session).run()
+    finally:
+        ray.shutdown()
+    assert result.measured == 10
+    tl = result.idle_timeline
+    # busy device-seconds per wall second between samples: above 1 means devices worked in parallel
+    rates = [(b1 - b0) / (t1 - t0) for (t0, b0, _), (t1, b1, _) in zip(tl, tl[1:]) if t1 - t0 > 0.2]
+    assert rates and max(rates) > 1.3, rates
