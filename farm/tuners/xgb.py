@@ -29,11 +29,13 @@ class XGBTuner(Tuner):
 
     def __init__(self, space: Any, *, objective: str = "rank", num_rounds: int = 80, n_chains: int = 64,
                  sa_steps: int = 40, eps: float = 0.05, min_train: int = 16, exhaustive_limit: int = 4096,
-                 diversity: int = 2, transfer: Any = None, max_transfer: int = 4000, **kw: Any) -> None:
+                 diversity: int = 2, transfer: Any = None, max_transfer: int = 4000,
+                 model_params: dict[str, Any] | None = None, **kw: Any) -> None:
         super().__init__(space, **kw)
         if self.context is None:
             raise ValueError("the xgb tuner needs a TuneContext (workload, args, target) for its features")
-        self.model = CostModel(objective, num_rounds=num_rounds, seed=self.seed, context=self.context)
+        self.model = CostModel(objective, num_rounds=num_rounds, seed=self.seed, params=model_params,
+                               context=self.context)
         self.fe = extractor(self.context, space)
         self.n_chains, self.sa_steps, self.eps = n_chains, sa_steps, eps
         self.min_train, self.exhaustive_limit, self.diversity = min_train, exhaustive_limit, diversity
