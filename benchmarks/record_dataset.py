@@ -1,13 +1,15 @@
 """Record a replay dataset: real measurements of a random sample of a config space.
 
     python benchmarks/record_dataset.py matmul 256,256,256 -n 3000 \
-        -o benchmarks/data/matmul_256x256x256.jsonl
+        -o .cache/datasets/matmul_256x256x256.jsonl \
+        --gzip benchmarks/data/matmul_256x256x256.jsonl.gz
 
 Every sampled config is built with the real compiler and timed with the real
 CpuBackend in this process; each result (failures included) is appended to
 ``OUT`` as a shared-log record, in batches. Re-running the same command resumes:
-configs already in ``OUT`` are not measured again. ``--gzip`` writes ``OUT.gz``
-at the end (the committed form, read by ``farm.replay``).
+configs already in ``OUT`` are not measured again. ``--gzip GZ`` writes the
+compressed copy at the end (the committed form, read by ``farm.replay``); keep
+the raw ``OUT`` outside the tracked tree (``.cache/`` is ignored).
 
 Timing: repeat=3, min_repeat_ms=5 and one thread by default. The development
 host has two cores shared with other work; single-thread timings are the ones
@@ -59,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-repeat-ms", type=float, default=5.0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--batch", type=int, default=25)
-    ap.add_argument("--gzip", action="store_true", help="write OUT.gz when done")
+    ap.add_argument("--gzip", metavar="GZ", help="write a gzip'ed copy of OUT here when done")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
@@ -97,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
                 rate = n / max(time.time() - t_start, 1e-9)
                 log.info("%d/%d measured (%.1f/s, ~%.0f s left)", n, len(todo), rate, (len(todo) - n) / rate)
     if a.gzip:
-        gz = Path(a.out + ".gz")
+        gz = Path(a.gzip)
         with open(a.out, "rb") as src, gzip.open(gz, "wb", compresslevel=9) as dst:
             shutil.copyfileobj(src, dst)
         log.info("wrote %s (%d bytes)", gz, gz.stat().st_size)
