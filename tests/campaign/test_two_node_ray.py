@@ -9,15 +9,14 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
+from tests.support import procs
 from tests.support.procs import all_pids
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -46,9 +45,12 @@ def _pids_with(marker: bytes) -> list[int]:
 @pytest.fixture
 def two_node_cluster(tmp_path: Path):  # type: ignore[no-untyped-def]
     temp = Path("/tmp") / f"kf-ray-{secrets.token_hex(3)}"  # Ray's socket paths must stay short
-    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16))
+    # Every process of this cluster inherits the marker: teardown stops exactly those
+    # (`ray stop --force` would also kill other people's clusters on a shared machine).
+    marker = f"KF_RAY_TEST_{secrets.token_hex(4)}"
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16),
+               **{marker: "1"})
     port = _free_port()
-    before = set(all_pids())
     try:
         subprocess.run(["ray", "start", "--head", f"--port={port}", "--num-cpus=1", '--resources={"node_a": 1}',
                         "--include-dashboard=false", "--disable-usage-stats", "--node-ip-address=127.0.0.1",
@@ -58,15 +60,8 @@ def two_node_cluster(tmp_path: Path):  # type: ignore[no-untyped-def]
                        env=env, check=True, capture_output=True, timeout=120)
         yield f"127.0.0.1:{port}", env
     finally:
-        subprocess.run(["ray", "stop", "--force"], env=env, capture_output=True, timeout=120)
-        time.sleep(1)
-        for pid in set(_pids_with(str(temp).encode())) | (set(all_pids()) - before):
-            try:
-                cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
-            except OSError:
-                continue
-            if b"ray" in cmd:
-                os.kill(pid, signal.SIGKILL)
+        procs.kill_all(sorted(set(procs.find_marked(marker)) | set(_pids_with(str(temp).encode()))), grace=5.0)
+        assert not procs.wait_gone(marker, timeout=10), "Ray processes of the test cluster outlived it"
 
 
 def test_campaign_builds_on_both_nodes(two_node_cluster, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
