@@ -13,7 +13,9 @@ recorded data over several seeds, restricted to the recorded configs:
   measuring the whole dataset).
 
 Tuners: random, ga, xgb, and xgb with transfer (its model seeded with the
-log of another shape of the same operator, recorded on the same device).
+log of another shape of the same operator, recorded on the same device);
+``--tuners ...,xgb-sa`` adds xgb forced to anneal (as on a full space) instead
+of scoring every remaining config of the dataset.
 The last line printed is one JSON object; ``xgb_over_random_trials_to_95``
 is the median over tasks of median(xgb) / median(random) trials to 95%.
 """
@@ -62,6 +64,8 @@ def run_task(name: str, data: str, source: str, seeds: int, tuners: list[str], b
             base, opts = "xgb", dict(xgb_opts)
             if tname == "xgb+transfer":
                 opts["transfer"] = src_recs
+            if tname == "xgb-sa":  # simulated annealing over the pool instead of scoring all of it
+                opts["exhaustive_limit"] = 0
         runs: list[ReplayRun] = []
         t0 = time.perf_counter()
         for seed in range(seeds):
