@@ -45,7 +45,7 @@ CASES = [  # name in the JSON, workload, shape, numpy baseline kind
     ("conv2d_1x1", "conv2d", (1, 256, 56, 56, 64, 1, 1, 0), "im2col"),
 ]
 QUICK_CASES = ("matmul_512", "matmul_1024", "conv2d_3x3")
-DEFAULT_LOG = Path(__file__).resolve().parent / "data" / "perf_best.jsonl"
+DEFAULT_LOG = Path(__file__).resolve().parent / "data" / "perf_top.jsonl"
 
 
 def numpy_fn(kind: str, arrays: list[np.ndarray], shape: tuple[int, ...]) -> Callable[[], Any]:
@@ -81,14 +81,39 @@ def time_py(fn: Callable[[], Any], min_s: float) -> float:
         n *= 2
 
 
-def best_from_log(log: str | None, workload: str, shape: tuple[int, ...]) -> Any:
+def top_from_log(log: str | None, workload: str, shape: tuple[int, ...], k: int) -> list[Any]:
+    """The campaign's k fastest distinct configs of this case (its candidates for 'tuned')."""
     if not log:
-        return None
+        return []
     from farm import log as flog
+    from farm import logquery
 
     recs = flog.load_log(log).records
-    best = flog.best(recs, workload=workload, args=list(shape))
-    return None if best is None else best.config
+    seen: set[int] = set()
+    out = []
+    for r in logquery.top_k(recs, 4 * k, workload=workload, args=list(shape)):
+        if r.config_index not in seen:
+            seen.add(r.config_index)
+            out.append(r.config)
+    return out[:k]
+
+
+def pick_tuned(candidates: list[Any], wl_name: str, shape: tuple[int, ...], min_s: float) -> tuple[Any, Any]:
+    """Re-time the campaign's top configs here, in a selection round of their own.
+
+    The campaign timed candidates while the next ones were compiling on the
+    other core; its ranking of near-equal configs carries that noise. The
+    pick uses only this round, and the reported figures come from the later
+    rounds, so the winner's luck here does not inflate them."""
+    best, best_t = None, float("inf")
+    for cfg in candidates:
+        k = LoadedKernel(build_workload(wl_name, shape, json.dumps(cfg)).artifact)
+        arrays = seeded_inputs(k.artifact.args, seed=1)
+        t = statistics.median(k.time_evaluator(arrays, 1, 3, min_s * 1e3))
+        if t < best_t:
+            best, best_t = (cfg, k), t
+    assert best is not None
+    return best
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,9 +121,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="fewer rounds and shorter timings (a few minutes at most)")
     ap.add_argument("--json", action="store_true", help="end with one JSON object of the figures")
     ap.add_argument("--log", default=str(DEFAULT_LOG) if DEFAULT_LOG.exists() else None,
-                    help="shared log: add the best tuned config of each case (default: the committed "
-                         "benchmarks/data/perf_best.jsonl from `farm tune configs/campaigns/perf.yaml`; 'none' to skip)")
+                    help="shared log of a tuning campaign: adds a 'tuned' column (default: the committed "
+                         "benchmarks/data/perf_top.jsonl, top 5 per task of `farm tune configs/campaigns/perf.yaml`; "
+                         "'none' to skip)")
     ap.add_argument("--cases", help="comma-separated subset of case names")
+    ap.add_argument("--top", type=int, default=5, help="tuned = fastest of the log's top N configs, re-timed here")
     args = ap.parse_args(argv)
     if args.log == "none":
         args.log = None
@@ -110,13 +137,14 @@ def main(argv: list[str] | None = None) -> int:
     for case, wl_name, shape, base in cases:
         wl = get_workload(wl_name)
         variants: dict[str, Any] = {"default": "default", "hand": json.dumps({"knobs": HAND[wl_name]})}
-        tuned = best_from_log(args.log, wl_name, shape)
-        if tuned is not None:
-            variants["tuned"] = json.dumps(tuned)
         kernels = {}
         for v, cfg in variants.items():
             mod = build_workload(wl_name, shape, cfg)
             kernels[v] = LoadedKernel(mod.artifact)
+        candidates = top_from_log(args.log, wl_name, shape, args.top)
+        if candidates:
+            cfg, kernels["tuned"] = pick_tuned(candidates, wl_name, shape, min_s)
+            figures[f"{case}_tuned_config"] = cfg
         arrays = seeded_inputs(kernels["default"].artifact.args, seed=0)
         npf = numpy_fn(base, arrays, shape)
         flops = wl.flops(shape)
