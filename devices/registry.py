@@ -19,9 +19,7 @@ the YAML file's directory; remote ones (``workdir``) are left for the remote.
 """
 from __future__ import annotations
 
-import difflib
 import logging
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +27,6 @@ from typing import Any, Callable
 
 import yaml
 
-from farm.errors import ConfigError
 
 from farm.yamlconf import Ctx as _Ctx
 from farm.yamlconf import LocatedConfigError
