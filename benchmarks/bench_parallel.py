@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     args = ap.parse_args(argv)
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as devices/cpu.py loads it
+    os.environ.setdefault("GOMP_SPINCOUNT", "20000")  # as devices/cpu.py loads it
     gomp_path = ctypes.util.find_library("gomp")
     if gomp_path:
         _llvm().load_library_permanently(gomp_path)

@@ -27,7 +27,7 @@ from farm.artifact import Artifact
 from farm.errors import LoadError
 from farm.measure import MeasureResult, Outcome, RunOptions
 
-from .cpu import compare, reference_outputs, seeded_inputs
+from .cpu import compare, seeded_inputs, seeded_reference
 from .cuda_driver import DEVICE_LOST_CODES, CudaError, Driver
 
 log = logging.getLogger(__name__)
@@ -171,7 +171,7 @@ class CudaBackend:
         d.synchronize()
         checked = False
         if options.check:
-            ref = reference_outputs(artifact, arrays)
+            ref = seeded_reference(artifact, arrays, options.seed)
             if ref is not None:
                 outs = [(a, p, s) for a, p, s in zip(arrays, ptrs, artifact.args) if s.role == "out"]
                 for (a, p, s), r in zip(outs, ref):

@@ -266,7 +266,7 @@ class _Lowerer:
                         full = True
                     else:
                         fixed[atom] = c
-                k = tuple(sorted((_key(a), c) for a, c in fixed.items()))
+                k = tuple(sorted((arith.skey(a), c) for a, c in fixed.items()))
                 if key is None:
                     key, fixed_terms = k, fixed
                 elif k != key:
@@ -280,12 +280,6 @@ class _Lowerer:
             else:
                 region.append((arith.to_expr((fixed_terms, lo_min)), extent))
         return region
-
-
-def _key(e: Expr) -> str:
-    from .tir import expr_str
-
-    return expr_str(e) + f"@{id(e)}" if isinstance(e, Var) else expr_str(e)
 
 
 def lower(sch: Schedule, args: Sequence[Tensor], name: str = "kernel") -> PrimFunc:

@@ -400,7 +400,7 @@ class CpuCodegen:
 
     def load(self, e: BufferLoad) -> ir.Value:
         if self.pad_mode and not self._in_bounds(e.buffer, e.indices):
-            lane_dep = self.vec is not None and self.vec[0] in free_vars(_flatten_idx(e))
+            lane_dep = self.vec is not None and any(self.vec[0] in free_vars(i) for i in e.indices)
             if lane_dep and self.pad_lane and self.mask is None:
                 self.mask = self.expr(_conj(self.pad_lane))
                 try:
@@ -635,10 +635,6 @@ class CpuCodegen:
 
 def _conj(parts: list[Expr]) -> Expr:
     return parts[0] if len(parts) == 1 else Logic("and", parts)
-
-
-def _flatten_idx(e: BufferLoad) -> Expr:
-    return Logic("and", list(e.indices)) if len(e.indices) > 1 else e.indices[0]
 
 
 @contextlib.contextmanager

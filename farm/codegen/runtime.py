@@ -3,12 +3,14 @@
 Parallel loops are outlined to ``void body(i8* closure, i64 begin, i64 end)``
 and run by ``kf_parallel_for``. When the loader found libgomp it stores
 ``GOMP_parallel`` and ``omp_get_thread_num`` in ``kf_gomp_parallel`` /
-``kf_gomp_thread_num`` and regions run on libgomp's persistent pool (~1.3 us a
-region here); otherwise (a board without libgomp, or the object linked into a
+``kf_gomp_thread_num`` and regions run on libgomp's persistent pool (waiters spin
+briefly, then sleep: ~0.5 us a region here); otherwise (a board without libgomp, or the object linked into a
 C program) ``kf_num_threads - 1`` pthreads are started per region (~33 us).
 benchmarks/bench_parallel.py measures both.
 """
 from __future__ import annotations
+
+from typing import Callable
 
 from llvmlite import ir
 
@@ -96,45 +98,42 @@ def emit_runtime(mod: ir.Module) -> ir.Function:
 
     b.position_at_end(use_pthreads)
     # Threads 1..nt-1 take chunks 1..; chunk 0 runs here, then join all.
-    spawn_head = pfor.append_basic_block("spawn")
-    spawn_body = pfor.append_basic_block("spawn.body")
-    run0 = pfor.append_basic_block("run0")
-    b.branch(spawn_head)
-    b.position_at_end(spawn_head)
-    t = b.phi(I64, "t")
-    t.add_incoming(I64(1), use_pthreads)
-    b.cbranch(b.icmp_signed("<", t, nt), spawn_body, run0)
-    b.position_at_end(spawn_body)
-    begin = b.mul(t, chunk)
-    end = b.add(begin, chunk)
-    end = b.select(b.icmp_signed(">", end, n), n, end)
-    begin = b.select(b.icmp_signed(">", begin, n), n, begin)
-    slot = b.gep(tasks, [t])
-    for k, v in enumerate([fn, clo, begin, end]):
-        b.store(v, b.gep(slot, [I32(0), I32(k)]))
-    b.call(pthread_create, [b.gep(tids, [t]), ir.Constant(I8P, None), worker, b.bitcast(slot, I8P)])
-    t_next = b.add(t, I64(1))
-    t.add_incoming(t_next, spawn_body)
-    b.branch(spawn_head)
+    def spawn(t: ir.Value) -> None:
+        begin = b.mul(t, chunk)
+        end = b.add(begin, chunk)
+        end = b.select(b.icmp_signed(">", end, n), n, end)
+        begin = b.select(b.icmp_signed(">", begin, n), n, begin)
+        slot = b.gep(tasks, [t])
+        for k, v in enumerate([fn, clo, begin, end]):
+            b.store(v, b.gep(slot, [I32(0), I32(k)]))
+        b.call(pthread_create, [b.gep(tids, [t]), ir.Constant(I8P, None), worker, b.bitcast(slot, I8P)])
 
-    b.position_at_end(run0)
+    _count_loop(b, pfor, I64(1), nt, "spawn", spawn)
     end0 = b.select(b.icmp_signed(">", chunk, n), n, chunk)
     b.call(fn, [clo, I64(0), end0])
-    join_head = pfor.append_basic_block("join")
-    join_body = pfor.append_basic_block("join.body")
-    done = pfor.append_basic_block("done")
-    b.branch(join_head)
-    b.position_at_end(join_head)
-    j = b.phi(I64, "j")
-    j.add_incoming(I64(1), run0)
-    b.cbranch(b.icmp_signed("<", j, nt), join_body, done)
-    b.position_at_end(join_body)
-    b.call(pthread_join, [b.load(b.gep(tids, [j])), ir.Constant(I8P.as_pointer(), None)])
-    j.add_incoming(b.add(j, I64(1)), join_body)
-    b.branch(join_head)
-    b.position_at_end(done)
+    _count_loop(b, pfor, I64(1), nt, "join",
+                lambda j: b.call(pthread_join, [b.load(b.gep(tids, [j])), ir.Constant(I8P.as_pointer(), None)]))
     b.ret_void()
     return pfor
+
+
+def _count_loop(b: ir.IRBuilder, fn: ir.Function, start: ir.Value, stop: ir.Value, name: str,
+                body: Callable[[ir.Value], object]) -> None:
+    """for (i = start; i < stop; i++) body(i); ``body`` emits into one basic block."""
+    pre = b.block
+    head = fn.append_basic_block(name)
+    loop = fn.append_basic_block(f"{name}.body")
+    after = fn.append_basic_block(f"{name}.end")
+    b.branch(head)
+    b.position_at_end(head)
+    i = b.phi(I64, name)
+    i.add_incoming(start, pre)
+    b.cbranch(b.icmp_signed("<", i, stop), loop, after)
+    b.position_at_end(loop)
+    body(i)
+    i.add_incoming(b.add(i, I64(1)), b.block)
+    b.branch(head)
+    b.position_at_end(after)
 
 
 def emit_entries(mod: ir.Module, kernel: ir.Function) -> None:
