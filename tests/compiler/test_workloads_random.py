@@ -52,3 +52,16 @@ def test_compare_detects_a_wrong_answer() -> None:
     got[2, 3] = 1.01
     assert compare(got, want, 1e-4) is not None
     assert compare(want.copy(), want, 1e-4) is None
+
+
+def test_seeded_reference_is_cached_per_workload_and_seed() -> None:
+    from devices.cpu import seeded_reference
+
+    art = build_workload("matmul", (8, 8, 8), "default").artifact
+    a0 = seeded_inputs(art.args, seed=0)
+    r0 = seeded_reference(art, a0, 0)
+    assert r0 is not None and seeded_reference(art, seeded_inputs(art.args, seed=0), 0) is r0
+    r1 = seeded_reference(art, seeded_inputs(art.args, seed=1), 1)
+    assert r1 is not r0 and not np.allclose(r1[0], r0[0]), "another seed must get its own reference"
+    other = build_workload("matmul", (8, 8, 4), "default").artifact
+    assert seeded_reference(other, seeded_inputs(other.args, seed=0), 0)[0].shape == (8, 8)
