@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 LOOPS = 6
 LEVELS = (1, 2, 3, 4, 6, 99)  # innermost n loops; 99: the whole nest
 BUF_SLOTS = 4
-KNOB_SLOTS = 16
+KNOB_SLOTS = 20
 KINDS = ("serial", "parallel", "vectorize", "unroll")
 ISAS = ("x86_64", "aarch64", "arm")
 

@@ -240,12 +240,16 @@ class _Lowerer:
     def _infer_region(self, child: Stage, parent: Stage, body: Expr, free: set[IterVar]) -> Region:
         """The box of ``child``'s output that ``parent`` reads inside the attach loop."""
         accesses = [e.indices for e in walk(body) if isinstance(e, Load) and e.tensor is child.tensor]
+        free = set(free)
         for other in self.sch.stages:
             if other is not parent and other is not child and other.attach != "inline":
                 if any(isinstance(e, Load) and e.tensor is child.tensor for e in walk(self.body[id(other)])):
-                    raise LowerError(
-                        f"stage {child.name} is computed at {parent.name} but {other.name} reads it too"
-                    )
+                    nested = self._nested_accesses(child, other, parent, body, free)
+                    if nested is None:
+                        raise LowerError(
+                            f"stage {child.name} is computed at {parent.name} but {other.name} reads it too"
+                        )
+                    accesses += nested
         if not accesses:
             raise LowerError(f"stage {child.name} is attached to {parent.name}, which does not read it")
         region: Region = []
@@ -280,6 +284,33 @@ class _Lowerer:
             else:
                 region.append((arith.to_expr((fixed_terms, lo_min)), extent))
         return region
+
+
+    def _nested_accesses(self, child: Stage, other: Stage, parent: Stage, body: Expr,
+                         free: set[IterVar]) -> list[list[Expr]] | None:
+        """``other``'s reads of ``child`` in the parent's loop variables, when ``other``
+        is itself attached to ``parent`` inside the child's attach loop (a packed
+        operand computed per outer tile and read by the register-tile stage within
+        it); None when ``other`` runs elsewhere.
+
+        ``other``'s axes become its own region's base plus fresh offset loops, and
+        those offsets and its reduction axes join ``free``: they all vary inside
+        the child's attach loop."""
+        if other.attach != "at" or other.attach_stage is not parent or other.attach_ivar not in free:
+            return None
+        n = next(i for i, x in enumerate(parent.leaf) if x is other.attach_ivar)
+        oreg = self._infer_region(other, parent, body, set(parent.leaf[n + 1:]))
+        mapping: dict[Var, Expr] = {}
+        for a, (base, ext) in zip(other.axis, oreg):
+            off = IterVar(f"{a.name}.off", ext)
+            self.ranges[off] = (0, ext - 1)
+            free.add(off)
+            mapping[a] = base + off
+        for r in other.reduce_axis:
+            self.ranges[r] = (0, r.extent - 1)
+            free.add(r)
+        return [[substitute(i, mapping) for i in e.indices] for e in walk(self.body[id(other)])
+                if isinstance(e, Load) and e.tensor is child.tensor]
 
 
 def lower(sch: Schedule, args: Sequence[Tensor], name: str = "kernel") -> PrimFunc:

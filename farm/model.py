@@ -139,7 +139,7 @@ class CostModel:
         xs, gs, grps, ws = [], [], [], []
         for n, (task, recs) in enumerate(sorted(by_task.items())):
             fe = extractor(record_context(recs[0]))
-            xs.append(fe.features([r.config_index for r in recs]))
+            xs.append(fe.features([fe.space.locate(r.config_index, r.knobs) for r in recs]))
             gs.append(np.array([r.gflops if r.ok else 0.0 for r in recs], dtype=np.float64))
             grps.append(np.full(len(recs), n, dtype=np.int64))
             ws.append(np.full(len(recs), (weights or {}).get(task, 1.0), dtype=np.float32))

@@ -43,9 +43,11 @@ class ReplayOracle:
         r0 = records[0]
         self.context = TuneContext(r0.workload, r0.args, r0.target, r0.device_key, r0.fingerprint)
         self.gflops: dict[int, float] = {}
+        space = self.space()
         for r in records:
             g = r.gflops if r.ok else 0.0
-            self.gflops[r.config_index] = max(g, self.gflops.get(r.config_index, 0.0))
+            i = space.locate(r.config_index, r.knobs)  # the recording's template may number differently
+            self.gflops[i] = max(g, self.gflops.get(i, 0.0))
         self.best_known = max(self.gflops.values())
         self.failures = sum(1 for g in self.gflops.values() if g <= 0)
 

@@ -130,6 +130,17 @@ class ConfigSpace:
             mul *= len(k.options)
         return idx
 
+    def locate(self, index: int, knobs: dict[str, Any] | None) -> int:
+        """This space's index of a config recorded as (index, knobs) - by its knob
+        values when it has them, since a template that gained or reordered knobs
+        renumbers its space; knobs a record predates take their first option."""
+        if knobs:
+            try:
+                return self.from_json({"knobs": knobs}).index
+            except (ConfigError, ValueError, KeyError, TypeError):
+                pass  # knobs this template no longer has: fall back to the index
+        return int(index)
+
     def from_json(self, data: Any) -> "ConfigEntity":
         """From {"index": i} or {"knobs": {...}} (as ConfigEntity.to_json writes)."""
         if isinstance(data, str):

@@ -57,6 +57,7 @@ class Task:
     builds: dict[Any, tuple[int, float]] = field(default_factory=dict)  # ray ref -> (index, started)
     jobs: dict[int, tuple[Any, float, Artifact, int, int]] = field(default_factory=dict)  # index -> (Job, build_s, art, tries, gen)
     resubmit: dict[int, tuple[Artifact, float, int]] = field(default_factory=dict)  # index -> (art, build_s, tries)
+    held: dict[int, tuple[Artifact, float]] = field(default_factory=dict)  # built, waiting for the build phase to end
     history: list[tuple[int, float]] = field(default_factory=list)  # (trial, best so far)
     finished: bool = False
 
@@ -66,7 +67,7 @@ class Task:
 
     @property
     def in_flight(self) -> int:
-        return len(self.pending) + len(self.builds) + len(self.jobs) + len(self.resubmit)
+        return len(self.pending) + len(self.builds) + len(self.jobs) + len(self.resubmit) + len(self.held)
 
 
 @dataclass(frozen=True)
@@ -125,8 +126,14 @@ class CampaignRunner:
 
     def __init__(self, spec: CampaignSpec, session: Any, on_progress: Callable[[list[Task], dict[str, Any]], None] | None = None,
                  *, reconnect: Callable[[], Any] | None = None, max_outage_s: float = 300.0,
-                 sink: RecordSink | None = None) -> None:
+                 sink: RecordSink | None = None, exclusive_timing: bool | None = None) -> None:
         self.spec = spec
+        # Builds and timing take turns: a batch is built, then timed with no build
+        # running (a device sharing its cores with the builders times kernels
+        # against a busy core otherwise: 2-thread kernels measured at ~half speed,
+        # at random, which scrambles the ranking the tuner learns from).
+        ex = spec.exclusive_timing if spec.exclusive_timing is not None else exclusive_timing
+        self.exclusive = bool(ex)
         self.sink: RecordSink = sink or FileSink(spec.log)
         self.idle = IdleMeter(spec.device_keys)
         self.free: dict[str, int] = {}  # free devices per key at the last summary
@@ -167,7 +174,7 @@ class CampaignRunner:
                 task = Task(w, key, target, fp, space, tuner, self.spec.trials, wl.flops(w.shape), done_trials=own)
                 self.resumed += own
                 for r in mine:
-                    self._note(task, r.config_index, r.gflops if r.ok else 0.0, r.ok)
+                    self._note(task, space.locate(r.config_index, r.knobs), r.gflops if r.ok else 0.0, r.ok)
                 if 0 not in tuner.visited:
                     tuner.visited.add(0)  # the template default is measured first: it is the speedup baseline
                     task.pending.append(0)
@@ -202,9 +209,11 @@ class CampaignRunner:
                     if not active:
                         break
                     progressed = False
-                    for t in active:
-                        self._fill(t, build)
+                    if not self._timing_phase():
+                        for t in active:
+                            self._fill(t, build)
                     progressed |= self._collect_builds(pending_records)
+                    progressed |= self._release_held(pending_records)
                     progressed |= self._collect_jobs(pending_records)
                     progressed |= self._resubmit(pending_records)
                     self.link.watch(any(t.jobs for t in self.tasks), progressed)
@@ -234,6 +243,22 @@ class CampaignRunner:
             self.spec.name, self.spec.log, [self._summary(t) for t in self.tasks], wall, self.measured, self.resumed,
             dict(self.build_nodes), (self._idle_s / wall if wall > 0 else 0.0) if idle is None else idle,
             self.builds_s, self.resubmitted, self.link.reconnects, self.idle.timeline)
+
+    def _timing_phase(self) -> bool:
+        """Exclusive timing: devices are timing (or about to): start no build now."""
+        return self.exclusive and any(t.jobs or t.held or t.resubmit for t in self.tasks)
+
+    def _release_held(self, out: list[Any]) -> bool:
+        """Exclusive timing: once no build (nor model refit) runs, send the built batch to the devices."""
+        if not self.exclusive or any(t.builds or t.pending or getattr(t.tuner, "computing", False) for t in self.tasks):
+            return False
+        sent = False
+        for t in self.tasks:
+            for idx, (art, build_s) in list(t.held.items()):
+                del t.held[idx]
+                self._submit(t, idx, art, build_s, 0, out)
+                sent = True
+        return sent
 
     def _task_done(self, t: Task) -> bool:
         if t.in_flight:
@@ -298,6 +323,9 @@ class CampaignRunner:
         except Exception as e:  # noqa: BLE001 - a build that produced an unloadable artifact
             self._record(t, idx, MeasureResult.error(Outcome.COMPILE_ERROR, f"bad artifact: {type(e).__name__}: {e}",
                                                      flops=t.flops), float(res["build_s"]), out)
+            return
+        if self.exclusive:
+            t.held[idx] = (art, float(res["build_s"]))
             return
         self._submit(t, idx, art, float(res["build_s"]), 0, out)
 

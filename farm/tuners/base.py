@@ -172,10 +172,7 @@ class Tuner:
             (own if self._is_own(r) else other).append(r)
         pairs = []
         for r in own:
-            try:  # knob values, not the index, identify a config if the template changed
-                idx = self.space.from_json({"knobs": r.knobs}).index if r.knobs else r.config_index
-            except (ValueError, KeyError, TypeError):  # knobs this template does not know: use the index
-                idx = r.config_index
+            idx = self.space.locate(r.config_index, r.knobs)
             if 0 <= idx < self.cands.n_space:
                 pairs.append((idx, r.gflops if r.ok else 0.0))
         self.observe(pairs)

@@ -5,6 +5,14 @@ One template serves all three: an MR x NR register tile of the accumulator
 it, NR a multiple of the target's vector lanes, B optionally packed into
 [N/NR][K][NR] panels so the inner loop streams memory, and a parallel outer
 loop. Knob ranges follow the target (vector width, register count).
+
+``j_outer`` puts the column tiles outside the row tiles. With packing, each
+thread then packs its own B panels into a local buffer right before sweeping
+every row of A over them, so the panels stay in that core's L2 instead of
+being written to and re-read from a shared packed copy of all of B (for
+dense 512x1024x1024 that copy is 4 MiB, re-read once per row tile). New knobs
+are appended with the old behaviour as option 0, so indices recorded before
+they existed still name the same configs.
 """
 from __future__ import annotations
 
@@ -35,6 +43,12 @@ def define_gemm_space(cfg: Any, m: int, n: int, k: int, target: Target) -> None:
     cfg.define_knob("unroll", [0, 1, 2])
     cfg.define_knob("pack_b", [0, 1])
     cfg.define_knob("parallel", [0, 1, 2])
+    cfg.define_knob("j_outer", [0, 1])
+
+
+# A thread's local B panels beyond this would not stay in a core's L2 (and
+# would crowd a worker thread's stack): pack those into the shared copy.
+LOCAL_PANEL_BYTES = 1 << 20
 
 
 def packed_b(b: Tensor, nr: int, batch: bool) -> Tensor:
@@ -59,13 +73,17 @@ def schedule_gemm(cfg: Any, s: Schedule, acc: Tensor, out: Tensor, bp: Tensor | 
     *lead, i, j = so.op.axis
     io, im, ir = cfg["tile_i"].apply(s, out, i)
     jo, jm, jr = cfg["tile_j"].apply(s, out, j)
-    so.reorder(*lead, io, jo, im, jm, ir, jr)
+    j_outer = cfg["j_outer"] == 1
+    first, second = (jo, io) if j_outer else (io, jo)
+    so.reorder(*lead, first, second, im, jm, ir, jr)
     so.vectorize(jr)
     par = cfg["parallel"]
+    top = first  # the loop whose body sweeps a fixed set of B panels when j_outer
     if par == 1:
-        so.parallel(so.fuse(*lead, io) if lead else io)
+        top = so.fuse(*lead, first) if lead else first
+        so.parallel(top)
     elif par == 2:
-        so.parallel(so.fuse(*lead, io, jo))
+        so.parallel(so.fuse(*lead, first, second))
     sa.compute_at(so, jm)
     *alead, xc, yc = sa.op.axis
     ko, ki = cfg["tile_k"].apply(s, acc, sa.op.reduce_axis[0])
@@ -79,12 +97,17 @@ def schedule_gemm(cfg: Any, s: Schedule, acc: Tensor, out: Tensor, bp: Tensor | 
     if unroll >= 2:
         sa.unroll(ki)
     sa.vectorize(yc)
-    if bp is not None:
-        sp = s[bp]
-        *blead, pj, _pk, pji = sp.op.axis
-        sp.vectorize(pji)
-        if par:
-            sp.parallel(sp.fuse(*blead, pj) if blead else pj)
+    if bp is None:
+        return
+    sp = s[bp]
+    *blead, pj, _pk, pji = sp.op.axis
+    sp.vectorize(pji)
+    kk, nr = bp.shape[-2], bp.shape[-1]
+    panels = cfg["tile_j"].size[1]
+    if j_outer and par != 2 and panels * kk * nr * 4 <= LOCAL_PANEL_BYTES:
+        sp.compute_at(so, top)  # one pack per panel set, by the thread that uses it
+    elif par:
+        sp.parallel(sp.fuse(*blead, pj) if blead else pj)
 
 
 def _gemm(cfg: Any, bt: int | None, m: int, n: int, k: int, target: Target, epilogue: bool) -> tuple[Schedule, list[Tensor]]:

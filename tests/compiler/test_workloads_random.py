@@ -66,3 +66,31 @@ def test_seeded_reference_is_cached_per_workload_and_seed() -> None:
     other = build_workload("matmul", (8, 8, 4), "default").artifact
     r2 = seeded_reference(other, seeded_inputs(other.args, seed=0), 0)
     assert r2 is not r0 and not np.allclose(r2[0], r0[0]), "another workload must get its own reference"
+
+
+@pytest.mark.parametrize("name,args", [("dense_bias_relu", (37, 150, 29)), ("matmul", (67, 45, 33)),
+                                       ("batch_matmul", (3, 20, 35, 17))])
+@pytest.mark.parametrize("parallel", [0, 1, 2])
+def test_panel_outer_packing_matches_numpy(name: str, args: tuple[int, ...], parallel: int) -> None:
+    """j_outer: each thread packs its own B panels at the column-tile loop (a producer
+    attached outside the register-tile stage that reads it)."""
+    knobs = {"tile_i": [-1, 2, 3], "tile_j": [-1, 2, 16], "tile_k": [-1, 4], "order": 0, "unroll": 1,
+             "pack_b": 1, "parallel": parallel, "j_outer": 1}
+    assert check_config(name, args, {"knobs": knobs}) is None
+
+
+def test_panel_buffer_is_one_panel_set() -> None:
+    """The per-thread packed buffer covers the panels of one column tile, not all of B."""
+    from farm.lowering import lower
+    from farm.target import Target
+    from farm.tir import Allocate, walk_stmts
+
+    wl = get_workload("dense_bias_relu")
+    tgt = Target.parse("llvm -mcpu=native")
+    space = wl.space((64, 256, 128), tgt)
+    cfg = space.from_json({"knobs": {"tile_i": [-1, 1, 4], "tile_j": [-1, 2, 16], "tile_k": [-1, 4],
+                                     "pack_b": 1, "parallel": 1, "j_outer": 1}})
+    sch, tensors = wl.instantiate((64, 256, 128), cfg, tgt)
+    allocs = {a.buffer.name: a.buffer for a in walk_stmts(lower(sch, tensors).body) if isinstance(a, Allocate)}
+    assert tuple(allocs["B.packed"].shape) == (2, 128, 16)
+    assert allocs["B.packed"].scope == "local"
