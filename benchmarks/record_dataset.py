@@ -1,8 +1,8 @@
 """Record a replay dataset: real measurements of a random sample of a config space.
 
-    python benchmarks/record_dataset.py matmul 256,256,256 -n 3000 \
-        -o .cache/datasets/matmul_256x256x256.jsonl \
-        --gzip benchmarks/data/matmul_256x256x256.jsonl.gz
+    python benchmarks/record_dataset.py matmul 512,512,512 -n 2000 --threads 2 \
+        -o .cache/datasets/matmul_512x512x512_2t.jsonl \
+        --gzip benchmarks/data/matmul_512x512x512_2t.jsonl.gz
 
 Every sampled config is built with the real compiler and timed with the real
 CpuBackend in this process; each result (failures included) is appended to
