@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any
 
@@ -16,7 +17,8 @@ def register(sub: Any) -> None:
     p.add_argument("--trials", type=int, help="override the budget per task")
     p.add_argument("--log", help="override the log path ('tracker': the farm's shared log, with --tracker)")
     p.add_argument("--local-servers", type=int, default=1, help="device servers of the embedded farm")
-    p.add_argument("--build-cpus", type=int, help="CPUs of the local Ray (default: cores - 1)")
+    p.add_argument("--build-cpus", type=int, help="CPUs of the local Ray (default: every core when builds and timing take "
+                   "turns, as on the embedded farm; cores - 1 otherwise)")
     p.add_argument("--max-outage", type=float, default=300.0, metavar="SECONDS",
                    help="how long to keep re-dialling a lost tracker before giving up (default 300)")
     p.add_argument("--json", action="store_true", help="print the results as one JSON object at the end")
@@ -54,7 +56,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
             print(f"embedded farm: tracker {address}, {args.local_servers} local device server(s)", file=sys.stderr)
         if spec.devices_file is not None:
             fleet = _fleet_up(spec.devices_file, address, token)
-        resources = init_ray(args.ray_address, args.build_cpus)
+        exclusive = spec.exclusive_timing if spec.exclusive_timing is not None else farm is not None
+        build_cpus = args.build_cpus
+        if build_cpus is None and exclusive and not args.ray_address:
+            build_cpus = os.cpu_count() or 1  # builds never overlap timing: they may use every core
+        resources = init_ray(args.ray_address, build_cpus)
         print(f"ray: {int(resources.get('CPU', 0))} CPUs for builds"
               + (f" at {args.ray_address}" if args.ray_address else " (local)"), file=sys.stderr)
         progress = None if args.no_progress else Progress()
@@ -64,8 +70,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
             # The runner re-dials a lost tracker: the sink follows its current session.
             sink = TrackerSink(lambda: runner.link.session if runner else session, [w.name for w in spec.workloads],
                                address, spill=f"runs/{spec.name}.unsent.jsonl") if shared_log else None
+            # The embedded farm's device times on the cores the local Ray builds on.
             runner = CampaignRunner(spec, session, progress, reconnect=lambda: connect(address, token=token),
-                                    max_outage_s=args.max_outage, sink=sink)
+                                    max_outage_s=args.max_outage, sink=sink, exclusive_timing=exclusive)
             result = runner.run()
     finally:
         if fleet is not None:

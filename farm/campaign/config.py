@@ -13,6 +13,7 @@
     timing: {number: 1, repeat: 3, min_repeat_ms: 20, timeout_s: 10}
     build_timeout_s: 60
     transfer: true                    # seed cost models from other tasks in the log
+    exclusive_timing: auto            # no builds while a device times (auto: on for the embedded farm)
     workloads:
       - {name: matmul, shape: [256, 256, 256]}
 """
@@ -30,7 +31,7 @@ from ..yamlconf import (Ctx, LocatedConfigError, compose, describe, read_bool, r
 
 TUNERS = ("random", "grid", "ga", "xgb")
 TOP = ("name", "log", "devices", "device_keys", "tuner", "trials", "batch_size", "early_stopping", "seed",
-       "priority", "timing", "build_timeout_s", "transfer", "workloads", "target")
+       "priority", "timing", "build_timeout_s", "transfer", "exclusive_timing", "workloads", "target")
 TIMING = ("number", "repeat", "min_repeat_ms", "cooldown_ms", "timeout_s", "check", "rtol")
 
 
@@ -61,6 +62,10 @@ class CampaignSpec:
     timing: RunOptions = field(default_factory=lambda: RunOptions(repeat=3, min_repeat_ms=20, timeout_s=10))
     build_timeout_s: float = 60.0
     transfer: bool = True
+    # True: builds and timing take turns (a device that shares its cores with the
+    # builders times kernels against a busy core otherwise); None: decided by
+    # `farm tune` - on for the embedded farm, off for a remote one.
+    exclusive_timing: bool | None = None
     target: str | None = None  # override the target read from the device fingerprint
     path: Path | None = None
 
@@ -149,6 +154,12 @@ def parse_campaign(text: str, path: str | Path = "<string>") -> CampaignSpec:
     get("priority", read_int(-1000, 1000))
     get("build_timeout_s", _float(0.1, 3600))
     get("transfer", read_bool)
+    if "exclusive_timing" in top:
+        node = top["exclusive_timing"][1]
+        val = ctx.value(node, "exclusive_timing") if isinstance(node, yaml.ScalarNode) else node
+        if val != "auto" and not isinstance(val, bool):
+            raise ctx.error(node, "exclusive_timing", f"expected true, false or auto, got {describe(ctx, node)}")
+        v["exclusive_timing"] = None if val == "auto" else val
     get("log", read_str)
     get("target", read_str)
     if "target" in v:
@@ -194,7 +205,7 @@ def parse_campaign(text: str, path: str | Path = "<string>") -> CampaignSpec:
         tuner=v.get("tuner", "xgb"), trials=v.get("trials", 64), batch_size=v.get("batch_size", 8),
         early_stopping=v.get("early_stopping"), seed=v.get("seed", 0), priority=v.get("priority", 0),
         timing=timing, build_timeout_s=v.get("build_timeout_s", 60.0), transfer=v.get("transfer", True),
-        target=v.get("target"), path=Path(path),
+        exclusive_timing=v.get("exclusive_timing"), target=v.get("target"), path=Path(path),
     )
 
 

@@ -34,6 +34,11 @@ class BackgroundTuner:
     def busy(self) -> bool:
         return self._future is not None
 
+    @property
+    def computing(self) -> bool:
+        """A proposal is running now (one that finished, not yet collected, is not)."""
+        return self._future is not None and not self._future.done()
+
     def propose(self, n: int) -> list[int]:
         if self._future is not None:
             if not self._future.done():

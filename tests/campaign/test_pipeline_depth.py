@@ -46,3 +46,49 @@ workloads:
     # busy device-seconds per wall second between samples: above 1 means devices worked in parallel
     rates = [(b1 - b0) / (t1 - t0) for (t0, b0, _), (t1, b1, _) in zip(tl, tl[1:]) if t1 - t0 > 0.2]
     assert rates and max(rates) > 1.3, rates
+
+
+@pytest.mark.parametrize("exclusive", [True, False])
+def test_exclusive_timing_never_builds_while_a_device_times(tmp_path: Path, exclusive: bool) -> None:
+    """exclusive_timing: builds and timing take turns (the embedded farm's device
+    shares its cores with the builders); without it, builds overlap timing."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+
+    from farm.campaign.builds import init_ray
+    from farm.campaign.config import parse_campaign
+    from farm.campaign.driver import CampaignRunner
+    from farm.campaign.embedded import EmbeddedFarm
+    from farm.client_api import connect
+
+    spec = parse_campaign(f"""name: turns
+log: {tmp_path}/turns.jsonl
+tuner: random
+trials: 24
+batch_size: 4
+transfer: false
+exclusive_timing: {str(exclusive).lower()}
+timing: {{repeat: 2, min_repeat_ms: 100, timeout_s: 20}}
+workloads:
+  - {{name: matmul, shape: [64, 64, 64]}}
+""")
+    overlaps: list[int] = []  # builds in flight whenever a job was submitted
+
+    class Watched(CampaignRunner):
+        def _submit(self, t, idx, art, build_s, tries, out):  # type: ignore[no-untyped-def]
+            overlaps.append(sum(len(x.builds) + len(x.pending) for x in self.tasks))
+            super()._submit(t, idx, art, build_s, tries, out)
+
+    init_ray(None, 1)
+    try:
+        with EmbeddedFarm(servers=1) as farm, connect(farm.address, token=farm.token) as session:
+            result = Watched(spec, session).run()
+    finally:
+        ray.shutdown()
+    assert result.measured == 24
+    recs = [line for line in (tmp_path / "turns.jsonl").read_text().splitlines() if line.strip()]
+    assert len(recs) == 24  # every trial logged once, as without turns
+    if exclusive:
+        assert overlaps and max(overlaps) == 0, overlaps
+    else:
+        assert max(overlaps) > 0, overlaps  # the control: pipelined builds do overlap timing
