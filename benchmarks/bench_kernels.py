@@ -122,8 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="end with one JSON object of the figures")
     ap.add_argument("--log", default=str(DEFAULT_LOG) if DEFAULT_LOG.exists() else None,
                     help="shared log of a tuning campaign: adds a 'tuned' column (default: the committed "
-                         "benchmarks/data/perf_top.jsonl, top 5 per task of `farm tune configs/campaigns/perf.yaml`; "
-                         "'none' to skip)")
+                         "benchmarks/data/perf_top.jsonl, top 5 per task of `farm tune configs/campaigns/perf.yaml`, "
+                         "dense+bias+relu from configs/campaigns/perf_dense.yaml (512 trials); 'none' to skip)")
     ap.add_argument("--cases", help="comma-separated subset of case names")
     ap.add_argument("--top", type=int, default=5, help="tuned = fastest of the log's top N configs, re-timed here")
     args = ap.parse_args(argv)
