@@ -103,3 +103,24 @@ def test_transfer_guides_the_first_batch(small_space: Any) -> None:
         assert len(set(first)) == 16
         means[name] = float(np.mean([f(i) for i in first]))
     assert means["xgb"] > 2 * means["random"], means
+
+
+def test_batch_diversity_spreads_the_tail_of_a_batch(small_space: Any) -> None:
+    """diversity=2: the last diverse_fraction of a batch differs from every other
+    pick in >= 2 knobs; the default (off) lets the model's best cluster through."""
+    f = synthetic_speed(small_space)
+    dims = np.asarray(small_space.dims())
+    mul = np.concatenate([[1], np.cumprod(dims)[:-1]])
+
+    def choices(i: int) -> np.ndarray:
+        return (i // mul) % dims
+
+    for opts, spread in (({"diversity": 2, "diverse_fraction": 0.5, "eps": 0.0}, True), ({"eps": 0.0}, False)):
+        t = make_tuner("xgb", small_space, seed=4, context=CTX, sa_steps=15, n_chains=32, num_rounds=40, **opts)
+        _drive(t, f, rounds=2, batch=16)
+        batch = t.propose(16)
+        ch = np.array([choices(i) for i in batch])
+        tail_min = min(int((ch[k] != np.delete(ch, k, axis=0)).sum(axis=1).min()) for k in range(8, 16))
+        assert len(set(batch)) == 16
+        # The control: on this landscape the model's best picks are one knob apart.
+        assert (tail_min >= 2) if spread else (tail_min == 1), (opts, tail_min)
