@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 pytestmark = pytest.mark.ray
 
 
-def test_free_devices_deepen_the_pipeline(tmp_path: Path) -> None:
+def _run(spec_text: str, servers: int, runner_cls: Any = None) -> Any:
+    """One campaign on a real embedded farm and a local Ray (shut down after)."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
 
@@ -24,7 +26,18 @@ def test_free_devices_deepen_the_pipeline(tmp_path: Path) -> None:
     from farm.campaign.embedded import EmbeddedFarm
     from farm.client_api import connect
 
-    spec = parse_campaign(f"""name: depth
+    spec = parse_campaign(spec_text)
+    assert not ray.is_initialized()
+    init_ray(None, 1)
+    try:
+        with EmbeddedFarm(servers=servers) as farm, connect(farm.address, token=farm.token) as session:
+            return (runner_cls or CampaignRunner)(spec, session).run()
+    finally:
+        ray.shutdown()
+
+
+def test_free_devices_deepen_the_pipeline(tmp_path: Path) -> None:
+    result = _run(f"""name: depth
 log: {tmp_path}/depth.jsonl
 tuner: random
 trials: 10
@@ -33,14 +46,7 @@ transfer: false
 timing: {{repeat: 2, min_repeat_ms: 300, timeout_s: 20}}
 workloads:
   - {{name: matmul, shape: [64, 64, 64]}}
-""")
-    assert not ray.is_initialized()
-    init_ray(None, 1)
-    try:
-        with EmbeddedFarm(servers=3) as farm, connect(farm.address, token=farm.token) as session:
-            result = CampaignRunner(spec, session).run()
-    finally:
-        ray.shutdown()
+""", servers=3)
     assert result.measured == 10
     tl = result.idle_timeline
     # busy device-seconds per wall second between samples: above 1 means devices worked in parallel
@@ -52,16 +58,16 @@ workloads:
 def test_exclusive_timing_never_builds_while_a_device_times(tmp_path: Path, exclusive: bool) -> None:
     """exclusive_timing: builds and timing take turns (the embedded farm's device
     shares its cores with the builders); without it, builds overlap timing."""
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    import ray
-
-    from farm.campaign.builds import init_ray
-    from farm.campaign.config import parse_campaign
     from farm.campaign.driver import CampaignRunner
-    from farm.campaign.embedded import EmbeddedFarm
-    from farm.client_api import connect
 
-    spec = parse_campaign(f"""name: turns
+    overlaps: list[int] = []  # builds in flight whenever a job was submitted
+
+    class Watched(CampaignRunner):
+        def _submit(self, t, idx, art, build_s, tries, out):  # type: ignore[no-untyped-def]
+            overlaps.append(sum(len(x.builds) + len(x.pending) for x in self.tasks))
+            super()._submit(t, idx, art, build_s, tries, out)
+
+    result = _run(f"""name: turns
 log: {tmp_path}/turns.jsonl
 tuner: random
 trials: 24
@@ -71,20 +77,7 @@ exclusive_timing: {str(exclusive).lower()}
 timing: {{repeat: 2, min_repeat_ms: 100, timeout_s: 20}}
 workloads:
   - {{name: matmul, shape: [64, 64, 64]}}
-""")
-    overlaps: list[int] = []  # builds in flight whenever a job was submitted
-
-    class Watched(CampaignRunner):
-        def _submit(self, t, idx, art, build_s, tries, out):  # type: ignore[no-untyped-def]
-            overlaps.append(sum(len(x.builds) + len(x.pending) for x in self.tasks))
-            super()._submit(t, idx, art, build_s, tries, out)
-
-    init_ray(None, 1)
-    try:
-        with EmbeddedFarm(servers=1) as farm, connect(farm.address, token=farm.token) as session:
-            result = Watched(spec, session).run()
-    finally:
-        ray.shutdown()
+""", servers=1, runner_cls=Watched)
     assert result.measured == 24
     recs = [line for line in (tmp_path / "turns.jsonl").read_text().splitlines() if line.strip()]
     assert len(recs) == 24  # every trial logged once, as without turns
