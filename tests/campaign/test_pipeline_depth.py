@@ -15,6 +15,13 @@ import pytest
 pytestmark = pytest.mark.ray
 
 
+def _spec(log: Path, trials: int, batch: int, min_repeat_ms: int, extra: str = "") -> str:
+    """A random-search campaign on matmul 64^3 (extra: more top-level YAML lines)."""
+    return (f"name: {log.stem}\nlog: {log}\ntuner: random\ntrials: {trials}\nbatch_size: {batch}\n"
+            f"transfer: false\n{extra}timing: {{repeat: 2, min_repeat_ms: {min_repeat_ms}, timeout_s: 20}}\n"
+            "workloads:\n  - {name: matmul, shape: [64, 64, 64]}\n")
+
+
 def _run(spec_text: str, servers: int, runner_cls: Any = None) -> Any:
     """One campaign on a real embedded farm and a local Ray (shut down after)."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -37,16 +44,7 @@ def _run(spec_text: str, servers: int, runner_cls: Any = None) -> Any:
 
 
 def test_free_devices_deepen_the_pipeline(tmp_path: Path) -> None:
-    result = _run(f"""name: depth
-log: {tmp_path}/depth.jsonl
-tuner: random
-trials: 10
-batch_size: 1
-transfer: false
-timing: {{repeat: 2, min_repeat_ms: 300, timeout_s: 20}}
-workloads:
-  - {{name: matmul, shape: [64, 64, 64]}}
-""", servers=3)
+    result = _run(_spec(tmp_path / "depth.jsonl", 10, 1, 300), servers=3)
     assert result.measured == 10
     tl = result.idle_timeline
     # busy device-seconds per wall second between samples: above 1 means devices worked in parallel
@@ -67,17 +65,8 @@ def test_exclusive_timing_never_builds_while_a_device_times(tmp_path: Path, excl
             overlaps.append(sum(len(x.builds) + len(x.pending) for x in self.tasks))
             super()._submit(t, idx, art, build_s, tries, out)
 
-    result = _run(f"""name: turns
-log: {tmp_path}/turns.jsonl
-tuner: random
-trials: 24
-batch_size: 4
-transfer: false
-exclusive_timing: {str(exclusive).lower()}
-timing: {{repeat: 2, min_repeat_ms: 100, timeout_s: 20}}
-workloads:
-  - {{name: matmul, shape: [64, 64, 64]}}
-""", servers=1, runner_cls=Watched)
+    result = _run(_spec(tmp_path / "turns.jsonl", 24, 4, 100, f"exclusive_timing: {str(exclusive).lower()}\n"),
+                  servers=1, runner_cls=Watched)
     assert result.measured == 24
     recs = [line for line in (tmp_path / "turns.jsonl").read_text().splitlines() if line.strip()]
     assert len(recs) == 24  # every trial logged once, as without turns
