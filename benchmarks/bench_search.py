@@ -176,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         "xgb_transfer_over_xgb_trials_to_95": med(tx),
         "per_task": {t: {"xgb_over_random": ratios[t], "transfer_over_random": tr[t], "transfer_over_xgb": tx[t]}
                      for t in results},
-        "seeds": seeds, "random_seeds": max(seeds, a.random_seeds), "batch": a.batch, "seconds": round(time.perf_counter() - t0, 1),
+        "seeds": seeds, "random_seeds": max(seeds, a.random_seeds), "batch": a.batch,
+        "seconds": round(time.perf_counter() - t0, 1),
     }
     print("\n" + "  ".join(f"{k}={v:.3f}" for k, v in summary.items() if isinstance(v, float)))
     print(json.dumps({**summary, "tasks": results} if a.json else summary))

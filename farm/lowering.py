@@ -285,7 +285,6 @@ class _Lowerer:
                 region.append((arith.to_expr((fixed_terms, lo_min)), extent))
         return region
 
-
     def _nested_accesses(self, child: Stage, other: Stage, parent: Stage, body: Expr,
                          free: set[IterVar]) -> list[list[Expr]] | None:
         """``other``'s reads of ``child`` in the parent's loop variables, when ``other``

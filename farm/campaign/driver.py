@@ -250,7 +250,7 @@ class CampaignRunner:
 
     def _release_held(self, out: list[Any]) -> bool:
         """Exclusive timing: once no build (nor model refit) runs, send the built batch to the devices."""
-        if not self.exclusive or any(t.builds or t.pending or getattr(t.tuner, "computing", False) for t in self.tasks):
+        if not self.exclusive or any(t.builds or t.tuner.computing for t in self.tasks):
             return False
         sent = False
         for t in self.tasks:

@@ -10,9 +10,10 @@ because the good configs of a space cluster (conv2d: a full-row x tile with a
 few k tiles and unroll choices), and spreading a batch away from the cluster
 measured worse on both replay tasks (conv2d: 65 vs 28.5 trials to 95%,
 median of 10 seeds; matmul unchanged). About ``eps`` of each batch is
-uniform random, which keeps the model honest in regions it rates poorly. When the unvisited candidates number at most
-``exhaustive_limit`` (small spaces, replay pools), every one is scored
-instead of annealing - cheaper and strictly better than a partial walk.
+uniform random, which keeps the model honest in regions it rates poorly.
+When the unvisited candidates number at most ``exhaustive_limit`` (small
+spaces, replay pools), every one is scored instead of annealing - cheaper
+and strictly better than a partial walk.
 """
 from __future__ import annotations
 

@@ -37,6 +37,8 @@ CASES = [
     ("workloads:\n  - name: conv2d\n    shape: [1, 1, 2, 2, 1, 5, 1, 0]\n", 3, "workloads[0].shape", "does not fit"),
     ("workloads: [\n", 2, "<file>", "not valid YAML"),
     ("transfer: maybe\n" + OK_WL, 1, "transfer", "true or false"),
+    ("exclusive_timing: sometimes\n" + OK_WL, 1, "exclusive_timing", "true, false or auto"),
+    ("exclusive_timing: [true]\n" + OK_WL, 1, "exclusive_timing", "true, false or auto"),
 ]
 
 
@@ -70,3 +72,11 @@ def test_unreadable_file(tmp_path: Path) -> None:
     with pytest.raises(CampaignConfigError):
         load_campaign(tmp_path / "bin.yaml")
     assert parse_campaign(OK_WL).name == "campaign"
+
+
+@pytest.mark.parametrize("raw,want", [("auto", None), ("true", True), ("false", False)])
+def test_exclusive_timing_values(raw: str, want: bool | None) -> None:
+    from farm.campaign.config import parse_campaign
+
+    assert parse_campaign(f"exclusive_timing: {raw}\n" + OK_WL).exclusive_timing is want
+    assert parse_campaign(OK_WL).exclusive_timing is None  # absent = auto
