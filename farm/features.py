@@ -10,6 +10,12 @@ Three parts, concatenated (names in :func:`feature_names`):
   bytes touched and reuse at ``LEVELS`` tile levels; arithmetic intensity
   per level and footprints relative to L1/L2. These are shape-agnostic enough
   for a model trained on one shape or device to rank another.
+* **pipeline estimate** (analytic, no training): the register body LLVM
+  will unroll, the independent FMA chains it holds, vector-lane use,
+  parallel balance, register spill and tail guards, multiplied into
+  ``prior`` - a rough fraction of the core's FMA peak. It ranks a space
+  before any measurement (the tuner's cold start) and gives the trees one
+  strong split when they have seen only a handful of points.
 * **knobs**: per knob, choice index normalised and for splits log2 of every
   factor (the ``-1`` remainder resolved), padded to ``KNOB_SLOTS``.
 * **device**: ISA one-hot, vector bits, cores, L1d/L2/L3 sizes, from a
@@ -42,6 +48,13 @@ LEVELS = (1, 2, 3, 4, 6, 99)  # innermost n loops; 99: the whole nest
 BUF_SLOTS = 4
 KNOB_SLOTS = 20
 KINDS = ("serial", "parallel", "vectorize", "unroll")
+# LLVM fully unrolls a short constant-trip loop around a small body; this many
+# vector operations is about where its O3 full-unroll threshold stops.
+UNROLL_BODY = 64
+# Independent FMA chains a core needs to hide the FMA latency: ~4 cycles
+# latency x 2 pipes on current x86 (Zen 4, Skylake-X) and Neoverse cores.
+FMA_CHAINS = 8
+PIPE = ("log2chains", "vec_eff", "par_eff", "lat_eff", "spill_eff", "prior")
 ISAS = ("x86_64", "aarch64", "arm")
 
 
@@ -101,6 +114,42 @@ def _buffer_feats(buf: Any, coefs: list[dict[Var, int]], loops: list[For]) -> tu
     return feats, byts
 
 
+def pipeline_estimate(main: Store | None, loops: list[For], guards: int, par: int, cores: int, vregs: int,
+                      lanes: int) -> list[float]:
+    """Analytic throughput estimate of the main statement's register body.
+
+    The body is the run of innermost loops LLVM will flatten: unroll and
+    vectorize loops, plus short serial ones while the body stays under
+    ``UNROLL_BODY`` vector ops. Its loops that index the output are
+    independent accumulation chains (a vectorized one counts vectors, not
+    lanes); the others add dependent FMAs to the same chains.
+    """
+    if main is None or lanes <= 1:
+        return [-1.0, 1.0, 1.0, 1.0, 1.0, 1.0]
+    ranges: dict[Var, tuple[int, int]] = {lp.var: (0, lp.extent - 1) for lp in loops}
+    out_vars: set[Var] = set()
+    for c in _coefs(main.indices, ranges):
+        out_vars |= {v for v, k in c.items() if k}
+    vec, chains, size = 1, 1, 1
+    for lp in reversed(loops):
+        flat = lp.kind in ("unroll", "vectorize") or (lp.kind == "serial" and lp.extent * size <= UNROLL_BODY)
+        if not flat:
+            break
+        n = math.ceil(lp.extent / lanes) if lp.kind == "vectorize" else lp.extent
+        if lp.kind == "vectorize":
+            vec *= lp.extent
+        size *= n
+        if lp.var in out_vars:
+            chains *= n
+    vec_eff = vec / (math.ceil(vec / lanes) * lanes)
+    par_eff = par / (math.ceil(par / cores) * cores) if par else 1.0 / cores
+    lat_eff = min(1.0, chains / FMA_CHAINS)
+    room = max(1, vregs - 4)  # a few registers hold the broadcast and loaded operands
+    spill_eff = 1.0 if chains <= room else room / chains
+    prior = vec_eff * par_eff * lat_eff * spill_eff * (0.8 if guards else 1.0)
+    return [_l2(chains), vec_eff, par_eff, lat_eff, spill_eff, prior]
+
+
 def nest_features(func: PrimFunc, cores: int, vregs: int, lanes: int, l1: int, l2: int) -> list[float]:
     stores: list[tuple[Store, list[For], int]] = []
     _stores(func.body, [], 0, stores)
@@ -135,6 +184,7 @@ def nest_features(func: PrimFunc, cores: int, vregs: int, lanes: int, l1: int, l
           balance, _l2(par / cores) if par else -1.0, float(guards), _l2(acc),
           acc / max(1, lanes * vregs), float(len(stores)), float(len(func.globals)),
           _l2(sum(g.size for g in func.globals) * 4)]
+    f += pipeline_estimate(main, loops, guards, par, cores, vregs, lanes)
     slots: list[tuple[Any, list[Sequence[Expr]]]] = []
     if main is not None:
         ranges: dict[Var, tuple[int, int]] = {lp.var: (0, lp.extent - 1) for lp in loops}
@@ -253,8 +303,9 @@ class FeatureExtractor:
         return np.asarray(rows, dtype=np.float32).reshape(len(rows), DIM)
 
 
-NEST_DIM = LOOPS * (1 + len(KINDS)) + 14 + BUF_SLOTS * (6 + 2 * len(LEVELS)) + 3 * len(LEVELS)
+NEST_DIM = LOOPS * (1 + len(KINDS)) + 14 + len(PIPE) + BUF_SLOTS * (6 + 2 * len(LEVELS)) + 3 * len(LEVELS)
 DEV_DIM = len(ISAS) + 6
+PRIOR_COL = NEST_DIM - 3 * len(LEVELS) - BUF_SLOTS * (6 + 2 * len(LEVELS)) - 1
 DIM = NEST_DIM + KNOB_SLOTS + DEV_DIM
 
 
@@ -264,6 +315,7 @@ def feature_names() -> list[str]:
         n += [f"loop{i}.log2ext"] + [f"loop{i}.{k}" for k in KINDS]
     n += ["log2iters", "log2vec", "vec_full", "log2body", "log2par", "has_par", "par_balance", "log2par_per_core",
           "guards", "log2acc", "acc_per_regfile", "n_stores", "n_globals", "log2global_bytes"]
+    n += list(PIPE)
     for b in range(BUF_SLOTS):
         n += [f"buf{b}.{x}" for x in ("s0", "s0zero", "s0one", "s1", "s1zero", "s1one")]
         for lv in LEVELS:

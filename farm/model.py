@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .features import FeatureExtractor
+from .features import PRIOR_COL, FeatureExtractor
 
 log = logging.getLogger(__name__)
 
@@ -85,10 +85,12 @@ class CostModel:
     """Predicts a relative score per config (higher is faster)."""
 
     def __init__(self, objective: str = "rank", num_rounds: int = 80, seed: int = 0,
-                 params: dict[str, Any] | None = None, context: TuneContext | None = None) -> None:
+                 params: dict[str, Any] | None = None, context: TuneContext | None = None,
+                 prior_margin: float = 0.0) -> None:
         if objective not in ("rank", "reg"):
             raise ValueError(f"objective must be 'rank' or 'reg', got {objective!r}")
         self.objective, self.num_rounds, self.seed, self.context = objective, num_rounds, seed, context
+        self.prior_margin = prior_margin
         self.params: dict[str, Any] = {
             "max_depth": 6, "eta": 0.2, "min_child_weight": 1, "subsample": 0.9, "colsample_bytree": 0.9,
             "lambda": 1.0, "nthread": 1, "verbosity": 0, "seed": seed,
@@ -111,7 +113,7 @@ class CostModel:
         x, gflops, groups = x[order], gflops[order], groups[order]
         y = normalized_labels(gflops.astype(np.float64), groups)
         if self.objective == "rank":
-            d = xgb.DMatrix(x, label=y, qid=groups)
+            d = xgb.DMatrix(x, label=y, qid=groups, base_margin=self._margin(x))
             if sample_weight is not None:  # rank weights are per group
                 w = sample_weight[order]
                 d.set_weight(np.array([w[groups == g].mean() for g in np.unique(groups)], dtype=np.float32))
@@ -119,9 +121,15 @@ class CostModel:
             w = 1.0 + 4.0 * y
             if sample_weight is not None:
                 w = w * sample_weight[order]
-            d = xgb.DMatrix(x, label=y, weight=w)
+            d = xgb.DMatrix(x, label=y, weight=w, base_margin=self._margin(x))
         self.booster = xgb.train(self.params, d, num_boost_round=self.num_rounds)
         return self
+
+    def _margin(self, x: np.ndarray) -> np.ndarray | None:
+        """The analytic estimate as the trees' starting point: they learn its error."""
+        if not self.prior_margin:
+            return None
+        return self.prior_margin * np.nan_to_num(x[:, PRIOR_COL].astype(np.float64), nan=0.0)
 
     def fit(self, records: Sequence[Any], weights: dict[TaskId, float] | None = None) -> CostModel:
         """Train on shared-log records of any tasks (features from each record's own task)."""
@@ -153,7 +161,7 @@ class CostModel:
 
         if self.booster is None:
             raise RuntimeError("the cost model is not trained yet")
-        return np.asarray(self.booster.predict(xgb.DMatrix(x)), dtype=np.float64)
+        return np.asarray(self.booster.predict(xgb.DMatrix(x, base_margin=self._margin(x))), dtype=np.float64)
 
     def predict(self, indices: Sequence[int], context: TuneContext | None = None) -> np.ndarray:
         """Scores for configs of ``context`` (default: the model's own task)."""
