@@ -14,7 +14,7 @@ recorded data over several seeds, restricted to the recorded configs:
 
 Tuners: random, ga, xgb, xgb with transfer (the log of another shape of the
 same operator, recorded on the same device, as a second expert), and
-``xgb-random-start``: xgb whose first batch is random instead of ranked by the
+``xgb-no-estimate``: xgb whose first batch is random instead of ranked by the
 analytic pipeline estimate, i.e. what the learned model alone achieves.
 ``--tuners ...,xgb-sa`` adds xgb forced to anneal (as on a full space) instead
 of scoring every remaining config of the dataset.
@@ -59,7 +59,7 @@ HELDOUT = [
     ("conv2d_1x1", "conv2d_1x128x28x28x128x1x1x0.jsonl.gz"),
     ("depthwise", "depthwise_conv2d_1x64x56x56x3x1x1.jsonl.gz"),
 ]
-HELDOUT_TUNERS = ["random", "xgb", "xgb-random-start"]
+HELDOUT_TUNERS = ["random", "xgb", "xgb-no-estimate"]
 CHECKPOINTS = (64, 128, 256, 512)
 GOAL = 0.95
 
@@ -82,8 +82,8 @@ def run_task(name: str, data: str, source: str, seeds: int, tuners: list[str], b
                 opts["transfer"] = src_recs
             if tname == "xgb-sa":  # simulated annealing over the pool instead of scoring all of it
                 opts["exhaustive_limit"] = 0
-            if tname == "xgb-random-start":
-                opts["cold_start"] = "random"
+            if tname == "xgb-no-estimate":
+                opts["estimate"] = False
         runs: list[ReplayRun] = []
         t0 = time.perf_counter()
         # Random search costs nothing to replay and its trials-to-95% vary a lot from
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=8, help="configs per round (devices free at once)")
     ap.add_argument("--cap", type=int, default=0, help="max trials per run (default: the whole dataset, so "
                     "every run reaches 95%%; a capped run that did not is counted as cap + 1, i.e. optimistically)")
-    ap.add_argument("--tuners", default="random,ga,xgb,xgb+transfer,xgb-random-start")
+    ap.add_argument("--tuners", default="random,ga,xgb,xgb+transfer,xgb-no-estimate")
     ap.add_argument("--no-heldout", action="store_true", help="skip the held-out tasks")
     ap.add_argument("--tasks", default=",".join(t[0] for t in TASKS))
     ap.add_argument("--objective", default="rank", choices=["rank", "reg"])
@@ -209,10 +209,10 @@ def main(argv: list[str] | None = None) -> int:
         "xgb_transfer_over_random_trials_to_95": med(tr),
         "xgb_transfer_over_xgb_trials_to_95": med(tx),
         "per_task": {t: {"xgb_over_random": ratios[t], "transfer_over_random": tr[t], "transfer_over_xgb": tx[t],
-                         "xgb_random_start_over_random": ratio(r, "xgb-random-start", "random")}
+                         "xgb_no_estimate_over_random": ratio(r, "xgb-no-estimate", "random")}
                      for t, r in results.items()},
         "heldout": {t: {"xgb_over_random": ratio(r, "xgb", "random"),
-                        "xgb_random_start_over_random": ratio(r, "xgb-random-start", "random")}
+                        "xgb_no_estimate_over_random": ratio(r, "xgb-no-estimate", "random")}
                     for t, r in heldout.items()},
         "seeds": seeds, "random_seeds": max(seeds, a.random_seeds), "batch": a.batch,
         "seconds": round(time.perf_counter() - t0, 1),

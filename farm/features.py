@@ -54,6 +54,10 @@ UNROLL_BODY = 64
 # Independent FMA chains a core needs to hide the FMA latency: ~4 cycles
 # latency x 2 pipes on current x86 (Zen 4, Skylake-X) and Neoverse cores.
 FMA_CHAINS = 8
+# Below this many flops per byte of the operator's tensors a kernel is bound by
+# memory traffic on any current CPU (a core does ~30-120 GFLOPS, DRAM feeds it
+# ~10-20 GB/s), so its FMA pipeline use does not decide its speed.
+MIN_PIPELINE_INTENSITY = 8.0
 PIPE = ("log2chains", "vec_eff", "par_eff", "lat_eff", "spill_eff", "prior")
 ISAS = ("x86_64", "aarch64", "arm")
 
@@ -148,6 +152,18 @@ def pipeline_estimate(main: Store | None, loops: list[For], guards: int, par: in
     spill_eff = 1.0 if chains <= room else room / chains
     prior = vec_eff * par_eff * lat_eff * spill_eff * (0.8 if guards else 1.0)
     return [_l2(chains), vec_eff, par_eff, lat_eff, spill_eff, prior]
+
+
+def op_intensity(workload: str, args: Sequence[int], target: str | Target) -> float:
+    """Flops per byte of the operator's input and output tensors (config-independent)."""
+    from .workloads import get_workload
+
+    wl = get_workload(workload)
+    args = tuple(int(a) for a in args)
+    t = Target.parse(target)
+    _, tensors = wl.instantiate(args, wl.space(args, t).get(0), t)
+    nbytes = sum(math.prod(x.shape) * (8 if "64" in x.dtype else 4) for x in tensors)
+    return float(wl.flops(args)) / max(1, nbytes)
 
 
 def nest_features(func: PrimFunc, cores: int, vregs: int, lanes: int, l1: int, l2: int) -> list[float]:

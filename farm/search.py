@@ -10,10 +10,10 @@ Options common to all tuners: ``pool`` (restrict to these indices, used by
 replay), ``early_stopping`` (stop after that many trials without a new best).
 ``xgb`` also takes ``objective`` ("rank" | "reg"), ``transfer`` (shared-log
 records of other shapes/devices), ``n_chains``, ``sa_steps``, ``eps``,
-``min_train``, ``exhaustive_limit``, ``diversity``, ``num_rounds``, ``cold_start``
-("prior": rank by the analytic pipeline estimate until the model has
-``min_train`` points | "random"), ``prior_margin`` (weight of that estimate as the
-model's starting margin; 0 = off);
+``min_train``, ``exhaustive_limit``, ``diversity``, ``num_rounds``, ``estimate``
+(use the analytic pipeline estimate as an expert: it ranks the first batch and
+is the base margin of a model trained on top of it; on by default, off by itself
+for memory-bound operators and GPU targets), ``prior_margin`` (that margin's weight);
 ``ga`` takes ``pop_size`` and ``mutation_prob``.
 """
 from __future__ import annotations

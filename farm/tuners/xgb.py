@@ -4,10 +4,10 @@ Each round: refit the model on every measurement of this task (its starting
 margin is the analytic pipeline estimate, ``prior_margin``), search the space
 with simulated annealing from persistent chains (they continue where the last
 round stopped, so the search deepens across rounds), and pick the batch
-greedily by predicted score. Until the model has ``min_train`` points the
-estimate alone ranks (``cold_start="prior"``). Transferred records of other
-shapes/devices train a second model over both tasks; the two are experts that
-split each batch, three quarters to the one whose picks measured best so far. ``diversity=d`` (d >= 2) makes the last ``diverse_fraction`` of a
+greedily by predicted score. Up to three experts split each batch (see
+``_experts``): the analytic estimate and a model trained on top of it, a model
+learned from scratch, and a model that also holds transferred records of other
+shapes/devices; the one whose recent picks measured fastest gets most of it. ``diversity=d`` (d >= 2) makes the last ``diverse_fraction`` of a
 batch differ from every other pick in at least d knobs; it is off by default
 because the good configs of a space cluster (conv2d: a full-row x tile with a
 few k tiles and unroll choices), and spreading a batch away from the cluster
@@ -26,11 +26,15 @@ from typing import Any
 
 import numpy as np
 
-from ..features import PRIOR_COL
-from ..model import CostModel, extractor
+from ..errors import FarmError
+from ..features import MIN_PIPELINE_INTENSITY, PRIOR_COL, op_intensity
+from ..model import CostModel, TuneContext, extractor
 from .base import Tuner
 
 log = logging.getLogger(__name__)
+
+CREDIT_WINDOW = 8  # an expert is judged on its most recent measured picks
+Scorer = Callable[[np.ndarray], np.ndarray]  # feature rows -> scores, higher is better
 
 
 class XGBTuner(Tuner):
@@ -39,21 +43,21 @@ class XGBTuner(Tuner):
     def __init__(self, space: Any, *, objective: str = "rank", num_rounds: int = 80, n_chains: int = 64,
                  sa_steps: int = 40, eps: float = 0.05, min_train: int = 16, exhaustive_limit: int = 4096,
                  diversity: int = 1, diverse_fraction: float = 0.5, transfer: Any = None, max_transfer: int = 4000,
-                 model_params: dict[str, Any] | None = None, cold_start: str = "prior", prior_margin: float = 3.0,
+                 model_params: dict[str, Any] | None = None, estimate: bool = True, prior_margin: float = 3.0,
                  **kw: Any) -> None:
         super().__init__(space, **kw)
         if self.context is None:
             raise ValueError("the xgb tuner needs a TuneContext (workload, args, target) for its features")
-        if cold_start not in ("prior", "random"):
-            raise ValueError(f"cold_start must be 'prior' or 'random', got {cold_start!r}")
-        self.cold_start = cold_start
+        self.estimate = bool(estimate) and estimate_applies(self.context)
+        margin = prior_margin if self.estimate else 0.0
 
-        def model() -> CostModel:
+        def model(m: float) -> CostModel:
             return CostModel(objective, num_rounds=num_rounds, seed=self.seed, params=model_params,
-                             context=self.context, prior_margin=prior_margin)
+                             context=self.context, prior_margin=m)
 
-        self.model = model()  # this task's measurements only
-        self.union = model()  # plus the transferred records, when there are any
+        self.model = model(0.0)  # this task's measurements, learned from scratch
+        self.guided = model(margin)  # the same, starting from the analytic estimate
+        self.union = model(margin)  # this task's and the transferred records, when there are any
         self.fe = extractor(self.context, space)
         self.n_chains, self.sa_steps, self.eps = n_chains, sa_steps, eps
         self.min_train, self.exhaustive_limit, self.diversity = min_train, exhaustive_limit, diversity
@@ -86,52 +90,72 @@ class XGBTuner(Tuner):
         g = np.array([self.results[i] for i in idx], dtype=np.float64)
         if len(idx) >= self.min_train:
             self.model.fit_arrays(x, g, np.zeros(len(idx), dtype=np.int64))
+            if self.estimate:
+                self.guided.fit_arrays(x, g, np.zeros(len(idx), dtype=np.int64))
         if self._src is not None:
             self.union.fit_arrays(np.concatenate([x, self._src[0]]), np.concatenate([g, self._src[1]]),
                                   np.concatenate([np.zeros(len(idx), dtype=np.int64), self._src[2]]))
         self._dirty = False
 
     # --- search ----------------------------------------------------------------
-    def _experts(self) -> list[tuple[str, Callable[[np.ndarray], np.ndarray]]]:
-        """Who ranks candidates: "own" (this task's model, or before it has
-        ``min_train`` points the analytic estimate) and, with transferred
-        records, "transfer" (a model of both)."""
-        out: list[tuple[str, Callable[[np.ndarray], np.ndarray]]] = []
-        if self.model.trained:
-            out.append(("own", self.model.predict_features))
-        elif self.cold_start == "prior":
-            out.append(("own", lambda x: prior_of(x) + 1e-6 * self.rng.random(len(x))))  # ties at random
+    def _experts(self) -> list[tuple[str, Scorer | None]]:
+        """Who ranks candidates (None: uniformly at random).
+
+        * "estimate": the analytic pipeline estimate, then this task's model
+          trained on top of it (its base margin). It knows FMA pipelines, not
+          memory-bound kernels (depthwise conv2d: it rates the fast configs low).
+        * "model": this task's model learned from scratch; random before it has
+          ``min_train`` points.
+        * "transfer": a model of this task's and the transferred records. Another
+          shape can rank this one well (matmul 384 -> 512) or badly (conv2d 28
+          wide -> 40 wide).
+        """
+        out: list[tuple[str, Scorer | None]] = []
+        if self.estimate:
+            if self.guided.trained:
+                out.append(("estimate", self.guided.predict_features))
+            else:
+                out.append(("estimate", lambda x: prior_of(x) + 1e-6 * self.rng.random(len(x))))  # ties at random
+        out.append(("model", self.model.predict_features if self.model.trained else None))
         if self.union.trained:
             out.append(("transfer", self.union.predict_features))
         return out
 
-    def _shares(self, names: list[str], n: int) -> list[int]:
-        """Batch slots per expert. Another shape's records can rank this task
-        well (matmul) or badly (conv2d of another width): the expert whose picks
-        measured best so far gets three quarters, the other keeps a quarter."""
+    def _shares(self, names: list[str], n: int) -> list[tuple[str, int]]:
+        """Batch slots per expert, the leader's first. The leader is the expert
+        whose last ``CREDIT_WINDOW`` measured picks averaged fastest (an average,
+        not a best, so the leader's larger share does not entrench it); it gets
+        the batch but one slot (two when there is one other) per other expert.
+        Before every expert has a measured pick, equal shares."""
         if len(names) == 1:
-            return [n]
-        best = {e: max((g for i, g in self.results.items() if self.picked_by.get(i) == e), default=0.0)
-                for e in names}
-        if best[names[0]] == best[names[1]]:
-            return [n - n // 2, n // 2]
-        lead = max(names, key=lambda e: best[e])
-        small = max(1, n // 4) if n > 1 else 0
-        return [n - small if e == lead else small for e in names]
+            return [(names[0], n)]
+        mine: dict[str, list[float]] = {e: [] for e in names}
+        for i, e in self.picked_by.items():  # insertion order: oldest pick first
+            if e in mine and i in self.results:
+                mine[e].append(self.results[i])
+        if any(not v for v in mine.values()):
+            q, r = divmod(n, len(names))
+            return [(e, q + (1 if k < r else 0)) for k, e in enumerate(names)]
+        lead = max(names, key=lambda e: float(np.mean(mine[e][-CREDIT_WINDOW:])))
+        small = max(1, n // (4 * (len(names) - 1)))
+        rest = [(e, small) for e in names if e != lead]
+        return [(lead, max(0, n - small * len(rest)))] + rest
 
     def _propose(self, n: int) -> list[int]:
         if self._dirty and (len(self.results) >= self.min_train or self._src is not None):
             self._fit()
-        experts = self._experts()
-        if not experts:
-            return self.cands.sample(self.rng, n, self.visited)
+        experts = dict(self._experts())
         picks: list[int] = []
-        for (name, scorer), k in zip(experts, self._shares([e for e, _ in experts], n)):
+        for name, k in self._shares(list(experts), n):
             if k <= 0:
                 continue
-            cand, score = self._candidates(name, scorer)
-            keep = ~np.isin(cand, picks)
-            mine = self._diverse_top(cand[keep], score[keep], k)
+            scorer = experts[name]
+            if scorer is None:
+                mine = self.cands.sample(self.rng, k, self.visited | set(picks))
+            else:
+                cand, score = self._candidates(name, scorer)
+                keep = ~np.isin(cand, picks)
+                mine = self._diverse_top(cand[keep], score[keep], k)
             self.picked_by.update((i, name) for i in mine)
             picks += mine
         n_rand = int(self.rng.binomial(n, self.eps))
@@ -140,7 +164,7 @@ class XGBTuner(Tuner):
             picks += self.cands.sample(self.rng, n_rand, self.visited | set(picks))
         return picks
 
-    def _candidates(self, name: str, scorer: Callable[[np.ndarray], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    def _candidates(self, name: str, scorer: Scorer) -> tuple[np.ndarray, np.ndarray]:
         def score(idx: np.ndarray) -> np.ndarray:
             return scorer(self.fe.features(idx.tolist()))
 
@@ -194,6 +218,25 @@ class XGBTuner(Tuner):
             chosen = set(picked)
             picked += [r for r in range(len(cand)) if r not in chosen][: n - len(picked)]
         return [int(cand[r]) for r in picked]
+
+
+def estimate_applies(ctx: TuneContext) -> bool:
+    """The pipeline estimate models SIMD FMA throughput: not GPUs (no vector
+    lanes in the target) and not operators bound by memory traffic."""
+    from ..target import Target
+
+    if Target.parse(ctx.target).vector_lanes_f32 <= 1:
+        return False
+    try:
+        intensity = op_intensity(ctx.workload, ctx.args, ctx.target)
+    except (FarmError, ValueError) as e:  # a workload that cannot instantiate here: no estimate
+        log.debug("no op intensity for %s%s: %s", ctx.workload, tuple(ctx.args), e)
+        return False
+    if intensity < MIN_PIPELINE_INTENSITY:
+        log.info("xgb tuner: %s%s does %.1f flops per byte, memory-bound: no pipeline estimate",
+                 ctx.workload, tuple(ctx.args), intensity)
+        return False
+    return True
 
 
 def prior_of(x: np.ndarray) -> np.ndarray:
