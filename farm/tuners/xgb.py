@@ -104,8 +104,9 @@ class XGBTuner(Tuner):
         * "estimate": the analytic pipeline estimate, then this task's model
           trained on top of it (its base margin). It knows FMA pipelines, not
           memory-bound kernels (depthwise conv2d: it rates the fast configs low).
-        * "model": this task's model learned from scratch; random before it has
-          ``min_train`` points.
+        * "model": this task's model learned from scratch once it has
+          ``min_train`` points; before that random search, and only when no
+          other expert ranks.
         * "transfer": a model of this task's and the transferred records. Another
           shape can rank this one well (matmul 384 -> 512) or badly (conv2d 28
           wide -> 40 wide).
@@ -116,9 +117,12 @@ class XGBTuner(Tuner):
                 out.append(("estimate", self.guided.predict_features))
             else:
                 out.append(("estimate", lambda x: prior_of(x) + 1e-6 * self.rng.random(len(x))))  # ties at random
-        out.append(("model", self.model.predict_features if self.model.trained else None))
         if self.union.trained:
             out.append(("transfer", self.union.predict_features))
+        # Untrained, the model expert is random search: it joins once it has learned
+        # something, unless nothing else ranks.
+        if self.model.trained or not out:
+            out.insert(1 if self.estimate else 0, ("model", self.model.predict_features if self.model.trained else None))
         return out
 
     def _shares(self, names: list[str], n: int) -> list[tuple[str, int]]:
@@ -153,7 +157,9 @@ class XGBTuner(Tuner):
             if scorer is None:
                 mine = self.cands.sample(self.rng, k, self.visited | set(picks))
             else:
-                cand, score = self._candidates(name, scorer)
+                # Annealing cost follows the share: the leader walks most chains.
+                chains = max(8, -(-self.n_chains * k // n))
+                cand, score = self._candidates(name, scorer, chains)
                 keep = ~np.isin(cand, picks)
                 mine = self._diverse_top(cand[keep], score[keep], k)
             self.picked_by.update((i, name) for i in mine)
@@ -164,7 +170,7 @@ class XGBTuner(Tuner):
             picks += self.cands.sample(self.rng, n_rand, self.visited | set(picks))
         return picks
 
-    def _candidates(self, name: str, scorer: Scorer) -> tuple[np.ndarray, np.ndarray]:
+    def _candidates(self, name: str, scorer: Scorer, chains: int) -> tuple[np.ndarray, np.ndarray]:
         def score(idx: np.ndarray) -> np.ndarray:
             return scorer(self.fe.features(idx.tolist()))
 
@@ -172,15 +178,16 @@ class XGBTuner(Tuner):
         if unvisited <= self.exhaustive_limit:
             rest = self.cands.remaining(self.visited)
             return rest, score(rest)
-        return self._anneal(name, score)
+        return self._anneal(name, score, chains)
 
-    def _anneal(self, name: str, score: Callable[[np.ndarray], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        cur = self._chains.get(name)
-        if cur is None:
-            cur = np.asarray(self.cands.sample(self.rng, self.n_chains, set()), dtype=np.int64)
+    def _anneal(self, name: str, score: Scorer, chains: int) -> tuple[np.ndarray, np.ndarray]:
+        cur = self._chains.get(name, np.zeros(0, dtype=np.int64))[:chains]
+        if len(cur) < chains:  # new chains start at random
+            cur = np.concatenate([cur, np.asarray(self.cands.sample(self.rng, chains - len(cur), set()),
+                                                  dtype=np.int64)])
         # Restart a quarter of the chains from the best measured configs: exploitation
         # around real evidence, while the other chains keep their own walk.
-        top = sorted(self.results, key=lambda i: -self.results[i])[: max(1, self.n_chains // 4)]
+        top = sorted(self.results, key=lambda i: -self.results[i])[: max(1, chains // 4)]
         cur[: len(top)] = top
         cur_s = score(cur)
         seen: dict[int, float] = dict(zip(cur.tolist(), cur_s.tolist()))

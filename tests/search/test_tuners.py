@@ -102,9 +102,8 @@ def test_transfer_guides_the_first_batch(small_space: Any) -> None:
         t = make_tuner(name, small_space, seed=0, context=CTX, **opts)
         first = t.propose(16)
         assert len(set(first)) == 16
-        if name == "xgb":  # before any measurement: half the batch is the transfer expert's, half random
-            assert sorted(t.picked_by[i] for i in first) == ["model"] * 8 + ["transfer"] * 8
-            first = [i for i in first if t.picked_by[i] == "transfer"]
+        if name == "xgb":  # before any measurement only the transferred model ranks (32^3: no estimate)
+            assert {t.picked_by[i] for i in first} == {"transfer"}
         means[name] = float(np.mean([f(i) for i in first]))
     assert means["xgb"] > 2 * means["random"], means
 
