@@ -117,7 +117,8 @@ def model_quality(oracle: ReplayOracle, src_recs: list[Any], objective: str) -> 
     random.Random(0).shuffle(recs)
     fe = extractor(oracle.context, oracle.space())
     pool = oracle.pool
-    acc, rec = ranking_quality(fe.features(pool)[:, PRIOR_COL].astype(float), np.array([oracle.gflops[i] for i in pool]))
+    truth = np.array([oracle.gflops[i] for i in pool])
+    acc, rec = ranking_quality(fe.features(pool)[:, PRIOR_COL].astype(float), truth)
     out = {"estimate_only": {"n_train": 0, "n_test": len(pool), "pairwise_accuracy": acc,
                              "recall_at_k": {str(k): v for k, v in rec.items()}}}
     for n in (64, 256):

@@ -7,12 +7,13 @@ round stopped, so the search deepens across rounds), and pick the batch
 greedily by predicted score. Up to three experts split each batch (see
 ``_experts``): the analytic estimate and a model trained on top of it, a model
 learned from scratch, and a model that also holds transferred records of other
-shapes/devices; the one whose recent picks measured fastest gets most of it. ``diversity=d`` (d >= 2) makes the last ``diverse_fraction`` of a
-batch differ from every other pick in at least d knobs; it is off by default
-because the good configs of a space cluster (conv2d: a full-row x tile with a
-few k tiles and unroll choices), and spreading a batch away from the cluster
-measured worse on both replay tasks (conv2d: 65 vs 28.5 trials to 95%,
-median of 10 seeds; matmul unchanged). About ``eps`` of each batch is
+shapes/devices; the one whose recent picks measured fastest gets most of it.
+``diversity=d`` (d >= 2) makes the last ``diverse_fraction`` of a batch
+differ from every other pick in at least d knobs; it is off by default
+because the good configs of a space cluster (conv2d: a full-row x tile with
+a few k tiles and unroll choices), and spreading a batch away from the
+cluster measured worse on both replay tasks (conv2d: 65 vs 28.5 trials to
+95%, median of 10 seeds; matmul unchanged). About ``eps`` of each batch is
 uniform random, which keeps the model honest in regions it rates poorly.
 When the unvisited candidates number at most ``exhaustive_limit`` (small
 spaces, replay pools), every one is scored instead of annealing - cheaper
@@ -122,7 +123,8 @@ class XGBTuner(Tuner):
         # Untrained, the model expert is random search: it joins once it has learned
         # something, unless nothing else ranks.
         if self.model.trained or not out:
-            out.insert(1 if self.estimate else 0, ("model", self.model.predict_features if self.model.trained else None))
+            scorer = self.model.predict_features if self.model.trained else None
+            out.insert(1 if self.estimate else 0, ("model", scorer))
         return out
 
     def _shares(self, names: list[str], n: int) -> list[tuple[str, int]]:
