@@ -43,7 +43,7 @@ if str(ROOT) not in sys.path:
 from farm.log import load_log  # noqa: E402
 import numpy as np  # noqa: E402
 
-from farm.features import PRIOR_COL  # noqa: E402
+from farm.features import prior_of  # noqa: E402
 from farm.model import CostModel, evaluate, extractor, ranking_quality  # noqa: E402
 from farm.replay import ReplayOracle, ReplayRun, run_replay  # noqa: E402
 from farm.search import make_tuner  # noqa: E402
@@ -118,7 +118,7 @@ def model_quality(oracle: ReplayOracle, src_recs: list[Any], objective: str) -> 
     fe = extractor(oracle.context, oracle.space())
     pool = oracle.pool
     truth = np.array([oracle.gflops[i] for i in pool])
-    acc, rec = ranking_quality(fe.features(pool)[:, PRIOR_COL].astype(float), truth)
+    acc, rec = ranking_quality(prior_of(fe.features(pool)), truth)
     out = {"estimate_only": {"n_train": 0, "n_test": len(pool), "pairwise_accuracy": acc,
                              "recall_at_k": {str(k): v for k, v in rec.items()}}}
     for n in (64, 256):

@@ -118,8 +118,8 @@ def _buffer_feats(buf: Any, coefs: list[dict[Var, int]], loops: list[For]) -> tu
     return feats, byts
 
 
-def pipeline_estimate(main: Store | None, loops: list[For], guards: int, par: int, cores: int, vregs: int,
-                      lanes: int) -> list[float]:
+def pipeline_estimate(main: Store | None, loops: list[For], ranges: dict[Var, tuple[int, int]], guards: int,
+                      par: int, cores: int, vregs: int, lanes: int) -> list[float]:
     """Analytic throughput estimate of the main statement's register body.
 
     The body is the run of innermost loops LLVM will flatten: unroll and
@@ -130,7 +130,6 @@ def pipeline_estimate(main: Store | None, loops: list[For], guards: int, par: in
     """
     if main is None or lanes <= 1:
         return [-1.0, 1.0, 1.0, 1.0, 1.0, 1.0]
-    ranges: dict[Var, tuple[int, int]] = {lp.var: (0, lp.extent - 1) for lp in loops}
     out_vars: set[Var] = set()
     for c in _coefs(main.indices, ranges):
         out_vars |= {v for v, k in c.items() if k}
@@ -200,10 +199,10 @@ def nest_features(func: PrimFunc, cores: int, vregs: int, lanes: int, l1: int, l
           balance, _l2(par / cores) if par else -1.0, float(guards), _l2(acc),
           acc / max(1, lanes * vregs), float(len(stores)), float(len(func.globals)),
           _l2(sum(g.size for g in func.globals) * 4)]
-    f += pipeline_estimate(main, loops, guards, par, cores, vregs, lanes)
+    ranges: dict[Var, tuple[int, int]] = {lp.var: (0, lp.extent - 1) for lp in loops}
+    f += pipeline_estimate(main, loops, ranges, guards, par, cores, vregs, lanes)
     slots: list[tuple[Any, list[Sequence[Expr]]]] = []
     if main is not None:
-        ranges: dict[Var, tuple[int, int]] = {lp.var: (0, lp.extent - 1) for lp in loops}
         slots.append((main.buffer, [main.indices]))
         for e in walk(main.value):
             if isinstance(e, BufferLoad) and e.buffer is not main.buffer and len(slots) < BUF_SLOTS:
@@ -321,7 +320,6 @@ class FeatureExtractor:
 
 NEST_DIM = LOOPS * (1 + len(KINDS)) + 14 + len(PIPE) + BUF_SLOTS * (6 + 2 * len(LEVELS)) + 3 * len(LEVELS)
 DEV_DIM = len(ISAS) + 6
-PRIOR_COL = NEST_DIM - 3 * len(LEVELS) - BUF_SLOTS * (6 + 2 * len(LEVELS)) - 1
 DIM = NEST_DIM + KNOB_SLOTS + DEV_DIM
 
 
@@ -341,3 +339,11 @@ def feature_names() -> list[str]:
     n += [f"knob{i}" for i in range(KNOB_SLOTS)]
     n += [f"isa.{a}" for a in ISAS] + ["vector_bits", "vregs", "log2cores", "log2l1", "log2l2", "log2l3"]
     return n
+
+
+PRIOR_COL = feature_names().index("prior")
+
+
+def prior_of(x: np.ndarray) -> np.ndarray:
+    """The pipeline estimate column of a feature matrix (a config that did not lower: 0)."""
+    return np.nan_to_num(x[:, PRIOR_COL].astype(np.float64), nan=0.0)

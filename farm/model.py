@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .features import PRIOR_COL, FeatureExtractor
+from .features import FeatureExtractor, prior_of
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ class CostModel:
         """The analytic estimate as the trees' starting point: they learn its error."""
         if not self.prior_margin:
             return None
-        return self.prior_margin * np.nan_to_num(x[:, PRIOR_COL].astype(np.float64), nan=0.0)
+        return self.prior_margin * prior_of(x)
 
     def fit(self, records: Sequence[Any], weights: dict[TaskId, float] | None = None) -> CostModel:
         """Train on shared-log records of any tasks (features from each record's own task)."""

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import FarmError
-from ..features import MIN_PIPELINE_INTENSITY, PRIOR_COL, op_intensity
+from ..features import MIN_PIPELINE_INTENSITY, op_intensity, prior_of
 from ..model import CostModel, TuneContext, extractor
 from .base import Tuner
 
@@ -246,8 +246,3 @@ def estimate_applies(ctx: TuneContext) -> bool:
                  ctx.workload, tuple(ctx.args), intensity)
         return False
     return True
-
-
-def prior_of(x: np.ndarray) -> np.ndarray:
-    """The analytic estimate column of a feature matrix (a config that did not lower: 0)."""
-    return np.nan_to_num(x[:, PRIOR_COL].astype(np.float64), nan=0.0)
