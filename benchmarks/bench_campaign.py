@@ -43,7 +43,7 @@ WORKLOADS = {"matmul": [256, 256, 256], "conv2d": [1, 32, 28, 28, 32, 3, 1, 1]}
 
 
 def _configs(n: int, target: str, seed: int = 0) -> list[tuple[str, list[int], int]]:
-    from farm.workloads import get_workload
+    from farm.workloads.registry import get_workload
 
     rng = random.Random(seed)
     out = []
@@ -85,7 +85,7 @@ class _Sampler:
     """Samples the tracker's view of the devices: is any job running on one?"""
 
     def __init__(self, address: str, token: bytes, key: str, every_s: float = 0.05) -> None:
-        from farm.client_api import connect
+        from farm.client.session import connect
 
         self.session = connect(address, token=token)
         self.key, self.every_s = key, every_s
@@ -118,7 +118,7 @@ def bench_campaign(trials: int, batch_size: int, tuner: str, cpus: int, min_repe
     from farm.campaign.config import parse_campaign
     from farm.campaign.driver import CampaignRunner
     from farm.campaign.embedded import EmbeddedFarm
-    from farm.client_api import connect
+    from farm.client.session import connect
 
     with tempfile.TemporaryDirectory(prefix="kf-bench-") as tmp:
         wl = "\n".join(f"  - {{name: {n}, shape: {s}}}" for n, s in WORKLOADS.items())

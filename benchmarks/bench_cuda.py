@@ -102,8 +102,8 @@ def bench_torch(n: int) -> float | None:
 
 def bench_farm(backend: Any, n: int, n_random: int, quick: bool) -> dict[str, Any]:
     from farm.errors import CompileError
-    from farm.measure import RunOptions
-    from farm.workloads import build_workload, get_workload
+    from farm.records.measure import RunOptions
+    from farm.workloads.registry import build_workload, get_workload
 
     target = f"cuda -arch=sm_{min(backend.sm(), 90)}"
     configs: list[Any] = [json.dumps(_knobs(*t)) for t in (TUNED[:2] if quick else TUNED)]

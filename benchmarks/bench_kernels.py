@@ -23,8 +23,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from devices.cpu import LoadedKernel, seeded_inputs  # noqa: E402
-from farm.workloads import build_workload, get_workload  # noqa: E402
+from farm.runtime.loader import LoadedKernel
+from farm.runtime.buffers import seeded_inputs  # noqa: E402
+from farm.workloads.registry import build_workload, get_workload  # noqa: E402
 
 _GEMM = {"tile_i": [-1, 8, 6], "tile_j": [-1, 1, 64], "tile_k": [-1, 4], "order": 1, "unroll": 2,
          "pack_b": 1, "parallel": 1}
@@ -85,8 +86,8 @@ def top_from_log(log: str | None, workload: str, shape: tuple[int, ...], k: int)
     """The campaign's k fastest distinct configs of this case (its candidates for 'tuned')."""
     if not log:
         return []
-    from farm import log as flog
-    from farm import logquery
+    from farm.log import store as flog
+    from farm.log import query as logquery
 
     recs = flog.load_log(log).records
     seen: set[int] = set()

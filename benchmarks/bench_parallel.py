@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from llvmlite import ir  # noqa: E402
 
-from farm.codegen import target_machine  # noqa: E402
-from farm.codegen.runtime import BODY_TY, I8P, I32, I64, emit_runtime  # noqa: E402
+from farm.compiler.codegen import target_machine  # noqa: E402
+from farm.compiler.codegen.runtime import BODY_TY, I8P, I32, I64, emit_runtime  # noqa: E402
 from farm.target import Target, _llvm  # noqa: E402
 
 

@@ -44,7 +44,7 @@ def kernels() -> list[tuple[Any, Any, str, str]]:
     out = [(fake_artifact("ok", 0.0, tag="overhead"), FakeBackend(), FAKE_KIND, "no-op fake kernel")]
     try:
         from devices.cpu import CpuBackend
-        from farm.workloads import build_workload
+        from farm.workloads.registry import build_workload
 
         backend = CpuBackend()
         backend.describe()
@@ -59,7 +59,7 @@ def bench_overhead(workdir: Path, n: int, art: Any, backend: Any, kind: str, lab
     """Alternate in-process and remote runs of the same artifact, so background load on a
     shared machine hits both sides alike. One kernel thread: the comparison is about the
     RPC path, not about how two threads share two busy cores."""
-    from farm.measure import RunOptions
+    from farm.records.measure import RunOptions
 
     opts = RunOptions(number=1, repeat=1, min_repeat_ms=0.0, timeout_s=10.0, num_threads=1)
     backend.run_job(art, opts)  # warm (imports, caches)

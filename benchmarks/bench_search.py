@@ -43,10 +43,10 @@ if str(ROOT) not in sys.path:
 from farm.log import load_log  # noqa: E402
 import numpy as np  # noqa: E402
 
-from farm.features import prior_of  # noqa: E402
-from farm.model import CostModel, evaluate, extractor, ranking_quality  # noqa: E402
-from farm.replay import ReplayOracle, ReplayRun, run_replay  # noqa: E402
-from farm.search import make_tuner  # noqa: E402
+from farm.tuning.features import prior_of  # noqa: E402
+from farm.tuning.model import CostModel, evaluate, extractor, ranking_quality  # noqa: E402
+from farm.tuning.replay import ReplayOracle, ReplayRun, run_replay  # noqa: E402
+from farm.tuning.search import make_tuner  # noqa: E402
 
 DATA = ROOT / "benchmarks" / "data"
 TASKS = [

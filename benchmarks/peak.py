@@ -14,7 +14,7 @@ from typing import Any
 
 from llvmlite import ir
 
-from farm.codegen import target_machine
+from farm.compiler.codegen import target_machine
 from farm.target import Target, _llvm
 
 CHAINS = 16  # enough independent FMAs to cover latency x throughput on current cores

@@ -32,12 +32,12 @@ if str(ROOT) not in sys.path:
 
 from devices.cpu import CpuBackend
 from devices.fingerprint import cpu_fingerprint
-from farm.builder import build
+from farm.compiler.builder import build
 from farm.errors import FarmError
 from farm.log import LogRecord, LogWriter, load_log, measured_indices
-from farm.measure import MeasureResult, Outcome, RunOptions
+from farm.records.measure import MeasureResult, Outcome, RunOptions
 from farm.target import Target
-from farm.workloads import get_workload, parse_shape
+from farm.workloads.registry import get_workload, parse_shape
 
 log = logging.getLogger("record_dataset")
 

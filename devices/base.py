@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from farm.artifact import Artifact
-from farm.measure import MeasureResult, RunOptions
+from farm.records.artifact import Artifact
+from farm.records.measure import MeasureResult, RunOptions
 
 
 class DeviceBackend(Protocol):

@@ -23,12 +23,13 @@ from typing import Any
 
 import numpy as np
 
-from farm.artifact import Artifact
+from farm.records.artifact import Artifact
 from farm.errors import LoadError
-from farm.measure import MeasureResult, Outcome, RunOptions
+from farm.records.measure import MeasureResult, Outcome, RunOptions
 
-from .cpu import compare, seeded_inputs, seeded_reference
-from .cuda_driver import DEVICE_LOST_CODES, CudaError, Driver
+from farm.runtime.buffers import compare, seeded_inputs
+from devices.cpu import seeded_reference
+from devices.cuda_driver import DEVICE_LOST_CODES, CudaError, Driver
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ class CudaBackend:
                 except CudaError:  # an old driver may not know an attribute; the rest still describes the GPU
                     fp[attr] = None
             try:
-                from .fingerprint import cpu_fingerprint
+                from devices.fingerprint import cpu_fingerprint
 
                 host = cpu_fingerprint()
                 fp["host"] = {k: host.get(k) for k in ("isa", "cpu_model", "cores", "memory_bytes", "os")}

@@ -41,7 +41,7 @@ from farm.yamlconf import read_seconds as _seconds
 from farm.yamlconf import read_str as _str
 from farm.yamlconf import unknown as _unknown
 
-from .targetspec import TargetSpec, TargetSyntaxError, parse_target
+from devices.targetspec import TargetSpec, TargetSyntaxError, parse_target
 
 log = logging.getLogger(__name__)
 

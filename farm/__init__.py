@@ -6,10 +6,10 @@ from typing import Any
 __version__ = "0.1.0"
 
 _LAZY = {
-    "build": ("farm.builder", "build"),
-    "lower": ("farm.lowering", "lower"),
+    "build": ("farm.compiler.builder", "build"),
+    "lower": ("farm.compiler.lowering", "lower"),
     "Target": ("farm.target", "Target"),
-    "connect": ("farm.client_api", "connect"),
+    "connect": ("farm.client.session", "connect"),
 }
 
 

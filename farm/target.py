@@ -10,7 +10,7 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import TargetError
+from farm.errors import TargetError
 
 _KINDS = ("llvm", "cuda", "nvptx")
 _LLVM_OPTS = ("-mtriple", "-mcpu", "-mattr", "-num-cores", "-opt-level")

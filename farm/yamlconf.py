@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import yaml
 
-from .errors import ConfigError
+from farm.errors import ConfigError
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 _NAME = NAME_RE

@@ -12,7 +12,7 @@ import json
 from collections import OrderedDict
 from typing import Any
 
-from .errors import BadRequest
+from rpc.errors import BadRequest
 
 
 def content_hash(header: dict[str, Any], code: bytes) -> str:

@@ -13,7 +13,7 @@ Proofs are compared with ``hmac.compare_digest``. The acceptor decides the
 version (the highest both list); the dialer verifies the acceptor's proof,
 so a dialer never talks to an impostor tracker either.
 
-The token itself is read only at the edges (CLI, ``farm.connect``).
+The token itself is read only at the edges (CLI, ``farm.connect``), through ``load_token``.
 """
 from __future__ import annotations
 
@@ -21,12 +21,14 @@ import asyncio
 import hashlib
 import hmac
 import logging
+import os
 import secrets
+from collections.abc import Mapping
 from typing import Any
 
-from .codec import PROTOCOL_VERSIONS
-from .errors import AuthError, ProtocolError, VersionMismatch, from_wire, to_wire
-from .transport import Connection
+from rpc.codec import PROTOCOL_VERSIONS
+from rpc.errors import AuthError, ProtocolError, RpcError, VersionMismatch, from_wire, to_wire
+from rpc.transport import Connection
 
 log = logging.getLogger(__name__)
 
@@ -125,3 +127,24 @@ async def accept_with_deadline(conn: Connection, token: bytes, timeout: float = 
             return await accept(conn, token, timeout=timeout)
     except TimeoutError:
         raise AuthError(f"{conn.peer}: handshake not finished in {timeout:.1f}s") from None
+
+
+class TokenError(RpcError):
+    """No usable token was configured."""
+
+
+def load_token(token_file: str | None = None, environ: Mapping[str, str] | None = None) -> bytes:
+    """The shared token: ``token_file`` if given, else ``FARM_TOKEN``. Never printed."""
+    if token_file:
+        try:
+            with open(token_file, "rb") as fh:
+                token = fh.read().strip()
+        except OSError as e:
+            raise TokenError(f"cannot read token file {token_file}: {e.strerror}") from None
+        if not token:
+            raise TokenError(f"token file {token_file} is empty")
+        return token
+    token_s = (environ if environ is not None else os.environ).get("FARM_TOKEN", "").strip()
+    if not token_s:
+        raise TokenError("no token: set FARM_TOKEN or pass --token-file")
+    return token_s.encode()

@@ -20,9 +20,9 @@ import ssl
 import threading
 from typing import Any, Coroutine, TypeVar
 
-from . import auth, codec
-from .errors import ArtifactMissing, ConnectionLost, ProtocolError, RpcError, from_wire
-from .transport import Connection, open_connection, parse_address
+from rpc import auth, codec
+from rpc.errors import ArtifactMissing, ConnectionLost, ProtocolError, RpcError, from_wire
+from rpc.transport import Connection, open_connection, parse_address
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

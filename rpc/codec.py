@@ -21,7 +21,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from .errors import FrameTooLarge, ProtocolError
+from rpc.errors import FrameTooLarge, ProtocolError
 
 MAGIC = b"KF"
 FRAME_FORMAT = 1

@@ -17,8 +17,8 @@ import sys
 import time
 from typing import Any
 
-from . import codec
-from .errors import ProtocolError
+from rpc import codec
+from rpc.errors import ProtocolError
 
 log = logging.getLogger(__name__)
 

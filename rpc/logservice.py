@@ -19,7 +19,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from .errors import BadRequest, RpcError
+from rpc.errors import BadRequest, RpcError
 
 if TYPE_CHECKING:
     from farm.log import LogRecord
@@ -88,7 +88,7 @@ class LogService:
         return {"appended": len(parsed), "total": len(self.records)}
 
     async def _op_query(self, client_id: str, peer: Any, msg: Any) -> dict[str, Any]:
-        from farm import logquery
+        from farm.log import query as logquery
 
         h = msg.header
         kind = h.get("kind")

@@ -51,7 +51,7 @@ class TrackerActor:
     """The actor body: a Tracker on its own loop thread, bound at construction."""
 
     def __init__(self, opts: TrackerOptions) -> None:
-        from .tracker import Tracker
+        from rpc.tracker import Tracker
 
         token = opts.token
         if opts.token_file:

@@ -21,11 +21,11 @@ import socket
 import ssl
 from typing import Any, Callable
 
-from . import auth, codec
-from .artifacts import ArtifactStore, checked_hash
-from .errors import ConnectionLost, ProtocolError, RpcError, from_wire
-from .isolation import WorkerPool
-from .transport import Connection, backoff_delays, open_connection, parse_address
+from rpc import auth, codec
+from rpc.artifacts import ArtifactStore, checked_hash
+from rpc.errors import ConnectionLost, ProtocolError, RpcError, from_wire
+from rpc.isolation import WorkerPool
+from rpc.transport import Connection, backoff_delays, open_connection, parse_address
 
 log = logging.getLogger(__name__)
 

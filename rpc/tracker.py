@@ -22,11 +22,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
-from . import auth, codec
-from .artifacts import ArtifactStore, checked_hash
-from .errors import ArtifactMissing, BadRequest, ConnectionLost, NoSuchLease, ProtocolError, RpcError, to_wire
-from .queue import Action, Dispatch, DropDevice, JobDone, JobFailed, JobSpec, LeaseFailed, LeaseGranted, SchedulerQueue
-from .transport import Connection, start_server
+from rpc import auth, codec
+from rpc.artifacts import ArtifactStore, checked_hash
+from rpc.errors import ArtifactMissing, BadRequest, ConnectionLost, NoSuchLease, ProtocolError, RpcError, to_wire
+from rpc.queue import Action, Dispatch, DropDevice, JobDone, JobFailed, JobSpec, LeaseFailed, LeaseGranted, SchedulerQueue
+from rpc.transport import Connection, start_server
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ class Tracker:
         }
         self.log_service: Any = None
         if log_path:  # the farm's shared log (rpc.logservice imports farm.log, so only when asked)
-            from .logservice import LogService
+            from rpc.logservice import LogService
 
             self.log_service = LogService(log_path)
             self._client_ops.update(self.log_service.ops())

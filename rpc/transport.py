@@ -16,9 +16,9 @@ import random
 import ssl
 from typing import Any, Awaitable, Callable, Sequence
 
-from . import codec
-from .codec import Limits, Message
-from .errors import ConnectionLost, ProtocolError
+from rpc import codec
+from rpc.codec import Limits, Message
+from rpc.errors import ConnectionLost, ProtocolError
 
 log = logging.getLogger(__name__)
 

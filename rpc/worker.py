@@ -20,7 +20,7 @@ import sys
 import time
 from typing import Any, BinaryIO
 
-from . import codec
+from rpc import codec
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +57,9 @@ def write_message(stream: BinaryIO, header: dict[str, Any], blobs: tuple[bytes, 
 def run_one(backend: Any, msg: codec.Message) -> dict[str, Any]:
     """One job -> MeasureResult JSON. Python-level failures are classified by type here;
     native crashes never return and are classified by the parent."""
-    from farm.artifact import Artifact
+    from farm.records.artifact import Artifact
     from farm.errors import CompileError, LoadError
-    from farm.measure import MeasureResult, Outcome, RunOptions
+    from farm.records.measure import MeasureResult, Outcome, RunOptions
 
     t0 = time.perf_counter()
     try:

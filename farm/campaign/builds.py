@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 
 def build_candidate(workload: str, args: list[int], index: int, target: str) -> dict[str, Any]:
     """Compile one config; returns the artifact header and code, or a classified error."""
-    from ..workloads import build_workload
+    from farm.workloads.registry import build_workload
 
     t0 = time.perf_counter()
     node = ""

@@ -25,9 +25,8 @@ from typing import Any
 
 import yaml
 
-from ..measure import RunOptions
-from ..yamlconf import (Ctx, LocatedConfigError, compose, describe, read_bool, read_choice, read_ident, read_int,
-                        read_str, unknown)
+from farm.records.measure import RunOptions
+from farm.yamlconf import Ctx, LocatedConfigError, compose, describe, read_bool, read_choice, read_ident, read_int, read_str, unknown
 
 TUNERS = ("random", "grid", "ga", "xgb")
 TOP = ("name", "log", "devices", "device_keys", "tuner", "trials", "batch_size", "early_stopping", "seed",
@@ -98,8 +97,8 @@ def _list(ctx: Ctx, node: yaml.Node, fld: str) -> list[yaml.Node]:
 
 
 def _workload(ctx: Ctx, node: yaml.Node, n: int) -> WorkloadSpec:
-    from ..errors import ConfigError
-    from ..workloads import get_workload, list_workloads
+    from farm.errors import ConfigError
+    from farm.workloads.registry import get_workload, list_workloads
 
     where = f"workloads[{n}]"
     m = ctx.mapping(node, where)
@@ -163,8 +162,8 @@ def parse_campaign(text: str, path: str | Path = "<string>") -> CampaignSpec:
     get("log", read_str)
     get("target", read_str)
     if "target" in v:
-        from ..errors import TargetError
-        from ..target import Target
+        from farm.errors import TargetError
+        from farm.target import Target
         try:
             Target.parse(v["target"])
         except TargetError as e:

@@ -20,14 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ..artifact import Artifact
-from ..errors import FarmError
-from ..measure import MeasureResult, Outcome
-from .config import CampaignSpec, WorkloadSpec
-from .idle import IdleMeter, idle_fraction
-from .link import FarmLink
-from .proposer import BackgroundTuner
-from .sinks import FileSink, RecordSink
+from farm.records.artifact import Artifact
+from farm.errors import FarmError
+from farm.records.measure import MeasureResult, Outcome
+from farm.campaign.config import CampaignSpec, WorkloadSpec
+from farm.campaign.idle import IdleMeter, idle_fraction
+from farm.campaign.link import FarmLink
+from farm.campaign.proposer import BackgroundTuner
+from farm.campaign.sinks import FileSink, RecordSink
 
 log = logging.getLogger(__name__)
 
@@ -150,10 +150,10 @@ class CampaignRunner:
 
     # --- setup -------------------------------------------------------------------
     def _make_tasks(self, records: list[Any]) -> None:
-        from ..model import TuneContext
-        from ..search import make_tuner
-        from ..workloads import get_workload
-        from ..client_api import target_of
+        from farm.tuning.model import TuneContext
+        from farm.tuning.search import make_tuner
+        from farm.workloads.registry import get_workload
+        from farm.client.session import target_of
 
         for key in self.spec.device_keys:
             devs = self.link.session.client.describe(key)
@@ -191,7 +191,7 @@ class CampaignRunner:
 
     # --- the loop ------------------------------------------------------------------
     def run(self) -> CampaignResult:
-        from .builds import remote_build
+        from farm.campaign.builds import remote_build
 
         t_start = self._t0 = time.monotonic()
         self._make_tasks(self.sink.load())
@@ -387,7 +387,7 @@ class CampaignRunner:
         return progressed
 
     def _record(self, t: Task, idx: int, result: MeasureResult, build_s: float, out: list[Any]) -> None:
-        from ..log import LogRecord
+        from farm.log import LogRecord
 
         cfg = t.space.get(idx)
         out.append(LogRecord.from_measurement(

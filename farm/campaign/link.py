@@ -24,7 +24,7 @@ from typing import Any
 
 from rpc.transport import backoff_delays
 
-from ..errors import FarmError
+from farm.errors import FarmError
 
 log = logging.getLogger(__name__)
 

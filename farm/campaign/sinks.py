@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..log import LogRecord, LogWriter, load_log
+from farm.log import LogRecord, LogWriter, load_log
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ import inspect
 import itertools
 from typing import Callable, Sequence
 
-from .expr import ALL_TYPES, Expr, IterVar, Load, Reduce, as_expr, walk
+from farm.te.expr import ALL_TYPES, Expr, IterVar, Load, Reduce, as_expr, walk
 
 _ids = itertools.count()
 

@@ -9,18 +9,16 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-import numpy as np
+from farm import te
+from farm.errors import ConfigError
+from farm.te.schedule import Schedule
+from farm.target import Target
+from farm.te.tensor import Tensor
+from farm.workloads import references
+from farm.workloads.registry import Workload, register
 
-from .. import te
-from ..errors import ConfigError
-from ..schedule import Schedule
-from ..target import Target
-from ..te.tensor import Tensor
-from . import Workload, register
 
-
-def out_size(h: int, r: int, stride: int, pad: int) -> int:
-    return (h + 2 * pad - r) // stride + 1
+out_size = references.conv_out_size
 
 
 def _pad(data: Tensor, pad: int) -> Tensor:
@@ -153,24 +151,6 @@ def _depthwise_template(cfg: Any, args: Sequence[int], target: Target) -> tuple[
     return s, [data, weight, out]
 
 
-def _windows(x: np.ndarray, r: int, stride: int, pad: int) -> np.ndarray:
-    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (pad, pad), (pad, pad)))
-    win = np.lib.stride_tricks.sliding_window_view(xp, (r, r), axis=(2, 3))
-    return win[:, :, ::stride, ::stride]
-
-
-def _conv_ref(a: Sequence[int], ins: Sequence[np.ndarray]) -> list[np.ndarray]:
-    n, c, h, w, k, r, stride, pad = a
-    win = _windows(ins[0], r, stride, pad)
-    return [np.einsum("ncyxij,kcij->nkyx", win, ins[1].astype(np.float64), optimize=True)]
-
-
-def _dw_ref(a: Sequence[int], ins: Sequence[np.ndarray]) -> list[np.ndarray]:
-    n, c, h, w, r, stride, pad = a
-    win = _windows(ins[0], r, stride, pad)
-    return [np.einsum("ncyxij,cij->ncyx", win, ins[1][:, 0].astype(np.float64), optimize=True)]
-
-
 def _check_conv(names: Sequence[str], hw: tuple[int, int], r_i: int, s_i: int, p_i: int) -> Any:
     def check(a: Sequence[int]) -> None:
         for nm, v in zip(names, a):
@@ -184,7 +164,7 @@ def _check_conv(names: Sequence[str], hw: tuple[int, int], r_i: int, s_i: int, p
 
 _CONV_P = ("N", "C", "H", "W", "K", "R", "stride", "pad")
 register(Workload(
-    name="conv2d", params=_CONV_P, template=_conv_template, reference=_conv_ref,
+    name="conv2d", params=_CONV_P, template=_conv_template, reference=references.conv2d,
     flops=lambda a: 2.0 * a[0] * a[4] * out_size(a[2], a[5], a[6], a[7]) * out_size(a[3], a[5], a[6], a[7]) * a[1] * a[5] * a[5],
     example=(1, 64, 56, 56, 64, 3, 1, 1), doc="NCHW conv2d: out[N,K,OH,OW], weight[K,C,R,R]",
     validate=_check_conv(_CONV_P, (2, 3), 5, 6, 7),
@@ -192,7 +172,7 @@ register(Workload(
 
 _DW_P = ("N", "C", "H", "W", "R", "stride", "pad")
 register(Workload(
-    name="depthwise_conv2d", params=_DW_P, template=_depthwise_template, reference=_dw_ref,
+    name="depthwise_conv2d", params=_DW_P, template=_depthwise_template, reference=references.depthwise_conv2d,
     flops=lambda a: 2.0 * a[0] * a[1] * out_size(a[2], a[4], a[5], a[6]) * out_size(a[3], a[4], a[5], a[6]) * a[4] * a[4],
     example=(1, 64, 56, 56, 3, 1, 1), doc="NCHW depthwise conv2d, multiplier 1: weight[C,1,R,R]",
     validate=_check_conv(_DW_P, (2, 3), 4, 5, 6),

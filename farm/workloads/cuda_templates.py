@@ -22,14 +22,15 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-from .. import te
-from ..schedule import Schedule, Stage
-from ..target import Target
-from ..te.expr import IterVar
-from ..te.tensor import Tensor
-from . import _REGISTRY, register
-from . import conv as _conv
-from .conv import out_size
+from farm import te
+from farm.te.schedule import Schedule, Stage
+from farm.target import Target
+from farm.te.expr import IterVar
+from farm.te.tensor import Tensor
+from farm.workloads import conv, gemm  # noqa: F401  (registers the CPU workloads this extends)
+from farm.workloads.registry import _REGISTRY, register
+from farm.workloads import conv as _conv
+from farm.workloads.conv import out_size
 
 _THREAD_AXES = ("threadIdx.z", "threadIdx.y", "threadIdx.x")
 

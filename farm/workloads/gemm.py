@@ -18,14 +18,13 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-import numpy as np
-
-from .. import te
-from ..errors import ConfigError
-from ..schedule import Schedule
-from ..target import Target
-from ..te.tensor import Tensor
-from . import Workload, register
+from farm import te
+from farm.errors import ConfigError
+from farm.te.schedule import Schedule
+from farm.target import Target
+from farm.te.tensor import Tensor
+from farm.workloads import references
+from farm.workloads.registry import Workload, register
 
 
 def _nr_candidates(n: int, lanes: int) -> list[int]:
@@ -150,7 +149,7 @@ def _positive(names: Sequence[str]) -> Any:
 register(Workload(
     name="matmul", params=("M", "N", "K"),
     template=lambda cfg, a, t: _gemm(cfg, None, a[0], a[1], a[2], t, False),
-    reference=lambda a, ins: [ins[0].astype(np.float64) @ ins[1].astype(np.float64)],
+    reference=references.matmul,
     flops=lambda a: 2.0 * a[0] * a[1] * a[2],
     example=(512, 512, 512), doc="C[M,N] = A[M,K] @ B[K,N], float32",
     validate=_positive("MNK"),
@@ -159,7 +158,7 @@ register(Workload(
 register(Workload(
     name="dense_bias_relu", params=("M", "N", "K"),
     template=lambda cfg, a, t: _gemm(cfg, None, a[0], a[1], a[2], t, True),
-    reference=lambda a, ins: [np.maximum(ins[0].astype(np.float64) @ ins[1] + ins[2], 0.0)],
+    reference=references.dense_bias_relu,
     flops=lambda a: 2.0 * a[0] * a[1] * a[2],
     example=(512, 1024, 1024), doc="out = max(A[M,K] @ B[K,N] + bias[N], 0), fused epilogue",
     validate=_positive("MNK"),
@@ -168,7 +167,7 @@ register(Workload(
 register(Workload(
     name="batch_matmul", params=("B", "M", "N", "K"),
     template=lambda cfg, a, t: _gemm(cfg, a[0], a[1], a[2], a[3], t, False),
-    reference=lambda a, ins: [np.matmul(ins[0].astype(np.float64), ins[1].astype(np.float64))],
+    reference=references.batch_matmul,
     flops=lambda a: 2.0 * a[0] * a[1] * a[2] * a[3],
     example=(16, 128, 128, 128), doc="C[B,M,N] = A[B,M,K] @ B[B,K,N]",
     validate=_positive(("B", "M", "N", "K")),

@@ -12,7 +12,7 @@ from farm.campaign.idle import IdleMeter, idle_fraction
 from farm.campaign.proposer import BackgroundTuner
 from farm.campaign.sinks import FileSink, TrackerSink
 from farm.log import LogRecord, load_log
-from farm.measure import Outcome
+from farm.records.measure import Outcome
 from rpc.errors import ConnectionLost
 
 

@@ -31,7 +31,7 @@ def _run(spec_text: str, servers: int, runner_cls: Any = None) -> Any:
     from farm.campaign.config import parse_campaign
     from farm.campaign.driver import CampaignRunner
     from farm.campaign.embedded import EmbeddedFarm
-    from farm.client_api import connect
+    from farm.client.session import connect
 
     spec = parse_campaign(spec_text)
     assert not ray.is_initialized()

@@ -23,8 +23,8 @@ import os
 import time
 
 from devices.cpu import CpuBackend
-from farm.artifact import Artifact
-from farm.measure import MeasureResult, RunOptions
+from farm.records.artifact import Artifact
+from farm.records.measure import MeasureResult, RunOptions
 
 FAULTS = ("segfault", "hang", "oob")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from farm.measure import Outcome
+from farm.records.measure import Outcome
 from tests.chaos.chaos_backend import fault_for, parse_faults
 from tests.support.chaos_campaign import FAULT_RATES, WORKLOADS, run_chaos
 
@@ -40,7 +40,7 @@ def test_campaign_survives_faults(tmp_path: Path) -> None:
     assert all(t["trials"] == trials for t in r.summary["tasks"]), r.summary
 
     # Each candidate's outcome is the one its injected fault demands.
-    from farm.workloads import build_workload
+    from farm.workloads.registry import build_workload
 
     faults = parse_faults(FAULT_RATES)
     seen: Counter[str] = Counter()

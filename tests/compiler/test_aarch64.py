@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from farm.workloads import build_workload, get_workload
+from farm.workloads.registry import build_workload, get_workload
 
 ARM = "llvm -mtriple=aarch64-linux-gnu -mcpu=generic -mattr=+neon"
 TILED = '{"knobs": {"tile_i": [-1, 2, 4], "tile_j": [-1, 1, 8], "tile_k": [-1, 4], "unroll": 2, "pack_b": 1, "parallel": 2}}'
@@ -25,8 +25,8 @@ def test_cross_compiles_to_aarch64_objects(name: str) -> None:
 
 
 def test_neon_in_aarch64_assembly() -> None:
-    from farm.codegen import assembly
-    from farm.lowering import lower
+    from farm.compiler.codegen import assembly
+    from farm.compiler.lowering import lower
     from farm.target import Target
 
     wl = get_workload("matmul")

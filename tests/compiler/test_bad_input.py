@@ -97,7 +97,7 @@ def test_bad_targets(text: str) -> None:
 
 
 def test_bad_configs_and_shapes() -> None:
-    from farm.workloads import build_workload, get_workload
+    from farm.workloads.registry import build_workload, get_workload
 
     with pytest.raises(ConfigError, match="unknown workload"):
         get_workload("nope")

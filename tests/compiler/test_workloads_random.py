@@ -6,8 +6,9 @@ import random
 import numpy as np
 import pytest
 
-from devices.cpu import compare, reference_outputs, seeded_inputs
-from farm.workloads import build_workload, get_workload
+from farm.runtime.buffers import compare, seeded_inputs
+from devices.cpu import reference_outputs
+from farm.workloads.registry import build_workload, get_workload
 
 CASES = [
     ("matmul", (48, 64, 40)),
@@ -81,9 +82,9 @@ def test_panel_outer_packing_matches_numpy(name: str, args: tuple[int, ...], par
 
 def test_panel_buffer_is_one_panel_set() -> None:
     """The per-thread packed buffer covers the panels of one column tile, not all of B."""
-    from farm.lowering import lower
+    from farm.compiler.lowering import lower
     from farm.target import Target
-    from farm.tir import Allocate, walk_stmts
+    from farm.compiler.ir import Allocate, walk_stmts
 
     wl = get_workload("dense_bias_relu")
     tgt = Target.parse("llvm -mcpu=native")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from devices.cuda_driver import CudaError
-from farm.measure import Outcome, RunOptions
+from farm.records.measure import Outcome, RunOptions
 
 GOOD = json.dumps({"knobs": {"tile_i": [-1, 4, 2], "tile_j": [-1, 4, 2], "tile_k": [-1, 4]}})
 
@@ -116,7 +116,7 @@ class FakeDriver:
 
 
 def _artifact(arch: str = "sm_80", shape: tuple[int, int, int] = (32, 24, 16)) -> Any:
-    from farm.workloads import build_workload
+    from farm.workloads.registry import build_workload
 
     return build_workload("matmul", shape, GOOD, f"cuda -arch={arch}").artifact
 
@@ -158,7 +158,7 @@ def test_load_errors(fake: Any) -> None:
     del drv.fail["load_module"]
     res = be.run_job(_artifact("sm_90"), RunOptions(min_repeat_ms=0))
     assert res.outcome is Outcome.LOAD_ERROR and "sm_90" in res.message and "sm_80" in res.message
-    from farm.workloads import build_workload
+    from farm.workloads.registry import build_workload
 
     cpu = build_workload("matmul", (8, 8, 8), "default", "llvm").artifact
     assert be.run_job(cpu, RunOptions()).outcome is Outcome.LOAD_ERROR
@@ -182,7 +182,7 @@ def test_describe(fake: Any) -> None:
     assert fp["gpu_name"] == "Fake A100" and fp["compute_capability"] == "8.0" and fp["sm_count"] == 108
     assert fp["driver_version"] == "12.4" and fp["memory_bytes"] == 40 << 30
     assert fp["target"] == "cuda -arch=sm_80"
-    from farm.client_api import target_of
+    from farm.client.session import target_of
 
     assert target_of(fp) == "cuda -arch=sm_80"
 

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from farm.measure import Outcome, RunOptions
+from farm.records.measure import Outcome, RunOptions
 
 log = logging.getLogger(__name__)
 pytestmark = pytest.mark.gpu
@@ -26,7 +26,7 @@ def _arch(backend: Any) -> str:
 
 @pytest.mark.parametrize("shape", [(1024, 1024, 1024), (509, 257, 131)])
 def test_matmul_on_gpu(cuda_backend: Any, shape: tuple[int, int, int], capsys: pytest.CaptureFixture[str]) -> None:
-    from farm.workloads import build_workload
+    from farm.workloads.registry import build_workload
 
     art = build_workload("matmul", shape, json.dumps({"knobs": TUNED_MATMUL}), _arch(cuda_backend)).artifact
     res = cuda_backend.run_job(art, RunOptions(repeat=5, min_repeat_ms=50, rtol=1e-4))
@@ -39,7 +39,7 @@ def test_matmul_on_gpu(cuda_backend: Any, shape: tuple[int, int, int], capsys: p
 
 def test_random_matmul_configs_on_gpu(cuda_backend: Any) -> None:
     from farm.errors import CompileError
-    from farm.workloads import build_workload
+    from farm.workloads.registry import build_workload
     from tests.cuda.helpers import random_configs
 
     shape = (200, 136, 72)
@@ -53,7 +53,7 @@ def test_random_matmul_configs_on_gpu(cuda_backend: Any) -> None:
 
 
 def test_conv2d_on_gpu(cuda_backend: Any, capsys: pytest.CaptureFixture[str]) -> None:
-    from farm.workloads import build_workload
+    from farm.workloads.registry import build_workload
 
     shape = (1, 64, 56, 56, 64, 3, 1, 1)
     art = build_workload("conv2d", shape, json.dumps({"knobs": TUNED_CONV}), _arch(cuda_backend)).artifact
@@ -65,7 +65,7 @@ def test_conv2d_on_gpu(cuda_backend: Any, capsys: pytest.CaptureFixture[str]) ->
 
 def test_run_arrays_and_errors_on_gpu(cuda_backend: Any) -> None:
     from devices.cuda import run_arrays
-    from farm.workloads import build_workload
+    from farm.workloads.registry import build_workload
 
     art = build_workload("matmul", (64, 48, 32), json.dumps({"knobs": {"tile_i": [-1, 4, 2], "tile_j": [-1, 8, 2]}}),
                          _arch(cuda_backend)).artifact

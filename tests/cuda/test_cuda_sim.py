@@ -16,11 +16,11 @@ TARGET = "cuda -arch=sm_80"
 
 
 def _run_sim(name: str, shape: Sequence[int], idx: Any) -> str | None:
-    from devices.cpu import compare, seeded_inputs
-    from farm.artifact import ArgSpec
-    from farm.codegen.gpu_lower import analyze_launch, lower_gpu
-    from farm.codegen.gpu_sim import simulate
-    from farm.workloads import get_workload, resolve_config
+    from farm.runtime.buffers import compare, seeded_inputs
+    from farm.records.artifact import ArgSpec
+    from farm.compiler.codegen.gpu_lower import analyze_launch, lower_gpu
+    from farm.compiler.codegen.gpu_sim import simulate
+    from farm.workloads.registry import get_workload, resolve_config
 
     wl = get_workload(name)
     cfg = resolve_config(wl.space(shape, TARGET), idx)
@@ -55,7 +55,7 @@ def test_random_configs_correct_in_simulator(name: str, shape: tuple[int, ...], 
 
 
 def test_simulator_catches_missing_barriers(monkeypatch: pytest.MonkeyPatch) -> None:
-    import farm.codegen.gpu_sim as gs
+    import farm.compiler.codegen.gpu_sim as gs
 
     cfg = '{"knobs": {"tile_i": [-1, 4, 2], "tile_j": [-1, 4, 2], "tile_k": [-1, 4], "stage_a": 1, "stage_b": 1, "vec": 1, "unroll": 1}}'
     assert _run_sim("matmul", (16, 16, 16), cfg) is None
@@ -69,9 +69,9 @@ def test_simulator_catches_missing_barriers(monkeypatch: pytest.MonkeyPatch) -> 
 
 def test_shared_tiles_are_sized_for_the_block() -> None:
     """threadIdx relaxation: the shared A tile covers the block's rows, not one thread's."""
-    from farm.codegen.gpu_lower import lower_gpu
-    from farm.tir import Allocate, walk_stmts
-    from farm.workloads import get_workload, resolve_config
+    from farm.compiler.codegen.gpu_lower import lower_gpu
+    from farm.compiler.ir import Allocate, walk_stmts
+    from farm.workloads.registry import get_workload, resolve_config
 
     wl = get_workload("matmul")
     cfg = resolve_config(wl.space((64, 64, 64), TARGET), '{"knobs": {"tile_i": [-1, 8, 4], "tile_j": [-1, 4, 2], "tile_k": [-1, 8]}}')
@@ -101,7 +101,7 @@ def _tiny_schedule(bind_copy_wide: bool, root_stage: bool = False) -> Any:
 
 
 def test_codegen_rules() -> None:
-    from farm.builder import build
+    from farm.compiler.builder import build
     from farm.errors import CompileError
 
     s, args = _tiny_schedule(False)
@@ -120,7 +120,7 @@ def test_codegen_rules() -> None:
 
 def test_launch_limits_are_compile_errors() -> None:
     from farm import te
-    from farm.builder import build
+    from farm.compiler.builder import build
     from farm.errors import CompileError
 
     a = te.placeholder((4096,), name="A")
@@ -135,9 +135,9 @@ def test_launch_limits_are_compile_errors() -> None:
 
 def test_elementwise_math_runs_in_simulator_and_ptx() -> None:
     from farm import te
-    from farm.builder import build
-    from farm.codegen.gpu_lower import analyze_launch, lower_gpu
-    from farm.codegen.gpu_sim import simulate
+    from farm.compiler.builder import build
+    from farm.compiler.codegen.gpu_lower import analyze_launch, lower_gpu
+    from farm.compiler.codegen.gpu_sim import simulate
 
     a = te.placeholder((100,), name="A")
     c = te.compute((100,), lambda i: te.sigmoid(a[i]) + te.tanh(a[i]) + te.exp(a[i]) + te.log(a[i] + 2.0), name="C")

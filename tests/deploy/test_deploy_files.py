@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from farm.cli import build_parser
+from farm.cli.main import build_parser
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -154,7 +154,7 @@ def _bootstrap(*args: str, env: dict[str, str] | None = None) -> subprocess.Comp
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from devices.wheel import build_wheel
+    from devices.fleet.wheel import build_wheel
 
     return build_wheel(tmp_path_factory.mktemp("wheel")).path
 

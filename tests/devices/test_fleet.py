@@ -10,15 +10,15 @@ from typing import Iterator
 
 import pytest
 
-from devices.fleet import Fleet, FleetResult, down, statuses
+from devices.fleet.supervisor import Fleet, FleetResult, down, statuses
 from devices.registry import FleetSpec, parse_fleet
-from devices.tunnel import ReverseForward
+from devices.fleet.tunnel import ReverseForward
 from tests.support import procs
 from tests.support.armroot import ArmRoot
 from tests.support.sshd import SshEndpoint, free_port
 from tests.support.tracker import TrackerProcess
 
-MARK = "devices.launch"
+MARK = "devices.fleet.launch"
 
 
 @pytest.fixture
@@ -117,7 +117,7 @@ def test_failures_are_per_host(tmp_path: Path, tracker: TrackerProcess, sshd_end
     crashing = tmp_path / "crashing-python"
     # Passes the probe and unpacks the wheel, but dies as soon as the server is started.
     crashing.write_text(
-        f'#!/bin/sh\nif [ "$1 $2" = "-m devices.launch" ]; then echo "boom: no device here" >&2; exit 3; fi\n'
+        f'#!/bin/sh\nif [ "$1 $2" = "-m devices.fleet.launch" ]; then echo "boom: no device here" >&2; exit 3; fi\n'
         f'exec {sys.executable} "$@"\n'
     )
     crashing.chmod(0o755)
@@ -150,8 +150,8 @@ def test_failures_are_per_host(tmp_path: Path, tracker: TrackerProcess, sshd_end
 def test_x86_and_emulated_arm_board_end_to_end(
     tmp_path: Path, tracker: TrackerProcess, sshd_endpoint: SshEndpoint, arm_root: ArmRoot
 ) -> None:
-    from farm.client_api import connect, workload_artifact
-    from farm.measure import RunOptions
+    from farm.client.session import connect, workload_artifact
+    from farm.records.measure import RunOptions
 
     wd = tmp_path / "board-home"
     text = "devices:\n  - {name: x86, key: x86, kind: local}\n" + board_yaml(sshd_endpoint, wd, str(arm_root.python))

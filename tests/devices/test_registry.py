@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from devices import cli
+from farm.cli import devices as cli
 from devices.registry import DeviceConfigError, FleetSpec, load_fleet, parse_fleet
 from devices.targetspec import TargetSyntaxError, parse_target
 from farm.errors import ConfigError

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from farm.artifact import Artifact
-from farm.cli import main
-from farm.export import EXPORT_FILES, ExportError, select_record
+from farm.records.artifact import Artifact
+from farm.cli.main import main
+from farm.export.kernel import EXPORT_FILES, ExportError, select_record
 from farm.log import LogRecord, LogWriter, load_log
-from farm.measure import MeasureResult, Outcome, RunOptions
+from farm.records.measure import MeasureResult, Outcome, RunOptions
 
 SHAPE = (48, 40, 32)  # M, N, K all different: a transposed kernel cannot pass
 DEVICE = "cpu-test"
@@ -26,7 +26,7 @@ def tuned_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small real log: a few matmul configs built and timed on this CPU."""
     from devices.cpu import CpuBackend
     from farm.target import Target
-    from farm.workloads import build_workload, get_workload
+    from farm.workloads.registry import build_workload, get_workload
 
     path = tmp_path_factory.mktemp("log") / "farm.jsonl"
     tgt = Target.host()
@@ -91,7 +91,7 @@ def test_export_writes_the_best_config(tuned_log: Path, export_dir: Path) -> Non
                  "extern int kf_num_threads;", "args[2]  C", "[48][40]"):
         assert decl in header
     # The standalone loader computes the same content hash as kernelfarm.
-    from farm.export_loader import _artifact_hash
+    from farm.export.loader import _artifact_hash
 
     assert _artifact_hash(meta["artifact"], code) == art.hash
 
@@ -221,7 +221,7 @@ def test_cross_target_export_is_not_run_here_and_the_loader_refuses_it(tmp_path:
     assert json.loads(capsys.readouterr().out)["checked"] is False  # cannot run an AArch64 object here
     meta = json.loads((out / "kernel.json").read_text())
     assert meta["artifact"]["triple"].startswith("aarch64") and meta["device_key"] == "rpi4"
-    from farm.export_loader import KernelLoadError, load
+    from farm.export.loader import KernelLoadError, load
 
     with pytest.raises(KernelLoadError, match=f"kernel is for aarch64.*this machine is {host_triple()}"):
         load(out)
@@ -229,7 +229,7 @@ def test_cross_target_export_is_not_run_here_and_the_loader_refuses_it(tmp_path:
 
 def test_loader_refuses_cpu_features_this_machine_lacks() -> None:
     # Running such an object would die with SIGILL instead of raising.
-    from farm.export_loader import KernelLoadError, _check_machine, _llvm
+    from farm.export.loader import KernelLoadError, _check_machine, _llvm
     from farm.target import host_triple
 
     llvm = _llvm()

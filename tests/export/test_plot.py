@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from farm.cli import main
+from farm.cli.main import main
 from farm.log import LogRecord, write_log
-from farm.measure import MeasureResult, Outcome
-from farm.plot import PlotError, plot_curves, tuning_curves, wants_log_scale
+from farm.records.measure import MeasureResult, Outcome
+from farm.export.plot import PlotError, plot_curves, tuning_curves, wants_log_scale
 
 
 def _rec(index: int, gflops: float, device: str = "x86", workload: str = "matmul",

@@ -12,8 +12,8 @@ import os
 import time
 from typing import Any
 
-from farm.artifact import ArgSpec, Artifact
-from farm.measure import MeasureResult, Outcome, RunOptions
+from farm.records.artifact import ArgSpec, Artifact
+from farm.records.measure import MeasureResult, Outcome, RunOptions
 
 KIND = "tests.rpc.fake_backend:FakeBackend"
 

@@ -9,7 +9,7 @@ reference check catches it.
 """
 from __future__ import annotations
 
-from farm.artifact import ArgSpec, Artifact
+from farm.records.artifact import ArgSpec, Artifact
 
 _TIMER = """
 define double @kf_time(ptr %args, i64 %n) {
@@ -59,7 +59,7 @@ def native_artifact(ir: str, tag: str) -> Artifact:
 def wrong_matmul(n: int = 32) -> Artifact:
     """A matmul that reads column (j+1) % n of B, but claims to be matmul n,n,n."""
     from farm import te
-    from farm.builder import build
+    from farm.compiler.builder import build
 
     a = te.placeholder((n, n), name="A")
     b = te.placeholder((n, n), name="B")

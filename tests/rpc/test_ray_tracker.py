@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from farm.client_api import connect
+from farm.client.session import connect
 from farm.log import LogRecord, load_log
-from farm.measure import Outcome
+from farm.records.measure import Outcome
 from tests.support import procs
 from tests.support.raycluster import RayHead, free_port
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from farm.artifact import Artifact
+from farm.records.artifact import Artifact
 from farm.target import Target
-from farm.workloads import build_workload
+from farm.workloads.registry import build_workload
 from rpc import auth, codec
 from rpc.errors import BadRequest
 from rpc.server import DeviceServer

@@ -109,7 +109,7 @@ def test_device_with_wrong_token_never_registers_and_keeps_trying(local_farm: Lo
 
 
 def test_cli_query_reports_missing_and_wrong_tokens(local_farm: LocalFarm):
-    base = [sys.executable, "-m", "rpc.cli", "query", "--tracker", local_farm.address]
+    base = [sys.executable, "-m", "farm.cli", "query", "--tracker", local_farm.address]
     env = local_farm.env()
     env.pop("FARM_TOKEN")
     r = subprocess.run(base, cwd=ROOT, env=env, capture_output=True, text=True, timeout=30)

@@ -11,8 +11,8 @@ import time
 import pytest
 
 from farm import te
-from farm.client_api import Session
-from farm.measure import Outcome, RunOptions
+from farm.client.session import Session
+from farm.records.measure import Outcome, RunOptions
 from tests.rpc.harness import ROOT, LocalFarm
 from tests.rpc.native_kernels import HANG_IR, SEGFAULT_IR, native_artifact, wrong_matmul
 
@@ -41,7 +41,7 @@ def test_measure_crash_hang_wrong_on_cpu_devices(cpu_farm: LocalFarm):
         assert target.startswith("llvm") and "-mtriple=" in target and "-mcpu=" in target
         s, args = _matmul_schedule(64)
         # A plain schedule has no workload to check against; label it so the device checks it.
-        from farm.builder import build
+        from farm.compiler.builder import build
 
         art = build(s, args, target, workload={"name": "matmul", "args": [64, 64, 64]}).artifact
         r = session.measure(art, key="cpu", options=RunOptions(repeat=3, min_repeat_ms=2))
@@ -67,7 +67,7 @@ def test_measure_crash_hang_wrong_on_cpu_devices(cpu_farm: LocalFarm):
 
 
 def test_kill9_during_real_kernel_completes_elsewhere(cpu_farm: LocalFarm):
-    from farm.workloads import build_workload
+    from farm.workloads.registry import build_workload
 
     with Session(cpu_farm.client()) as session:
         cpu_farm.wait_devices(session.client, 2, timeout=60)

@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from farm.client_api import Session
-from farm.measure import Outcome, RunOptions
+from farm.client.session import Session
+from farm.records.measure import Outcome, RunOptions
 from rpc.errors import ConnectionLost, DeadlineExceeded, KernelCrashed, NoSuchLease
 from tests.rpc.fake_backend import fake_artifact
 from tests.rpc.harness import LocalFarm

@@ -240,7 +240,7 @@ def test_dialer_refuses_an_impostor_tracker() -> None:
 
 def test_upload_names_cannot_escape_the_work_directory(tmp_path: Path) -> None:
     """Every string of an upload's header is path-like; the device never writes a file."""
-    from farm.artifact import ArgSpec, Artifact
+    from farm.records.artifact import ArgSpec, Artifact
 
     farm = LocalFarm(tmp_path / "farm", heartbeat=0.5)
     workdir = tmp_path / "device-workdir"

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from farm.client_api import Session
+from farm.client.session import Session
 from farm.log import LogRecord, load_log
-from farm.measure import Outcome
+from farm.records.measure import Outcome
 from rpc.client import Client
 from rpc.errors import BadRequest
 from tests.rpc.harness import LocalFarm

@@ -13,7 +13,7 @@ if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 from farm.log import LogRecord
-from farm.measure import MeasureResult, Outcome, RunOptions
+from farm.records.measure import MeasureResult, Outcome, RunOptions
 
 TARGET = "llvm -mtriple=x86_64-unknown-linux-gnu -mcpu=skylake-avx512 -mattr=+avx512f,+avx2,+fma"
 FP = {"isa": "x86_64", "cores": 4, "caches": {"L1d": 32768, "L2": 1 << 20, "L3": 8 << 20}}
@@ -50,6 +50,6 @@ def synthetic_speed(space: Any) -> Any:
 
 @pytest.fixture
 def small_space() -> Any:
-    from farm.workloads import get_workload
+    from farm.workloads.registry import get_workload
 
     return get_workload("matmul").space((32, 32, 32), TARGET)

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from farm.cli import main
+from farm.cli.main import main
 from farm.log import write_log
-from farm.measure import Outcome
+from farm.records.measure import Outcome
 
 from .conftest import make_record
 

@@ -8,9 +8,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from farm.features import FeatureExtractor, feature_names, prior_of
-from farm.replay import ReplayOracle
-from farm.search import TuneContext, make_tuner
+from farm.tuning.features import FeatureExtractor, feature_names, prior_of
+from farm.tuning.replay import ReplayOracle
+from farm.tuning.search import TuneContext, make_tuner
 
 from .conftest import FP, TARGET, make_record, synthetic_speed
 
@@ -100,7 +100,7 @@ def test_transfer_earns_its_share(small_space: Any, faithful: bool) -> None:
 
 
 def test_estimate_only_where_it_applies() -> None:
-    from farm.tuners.xgb import estimate_applies
+    from farm.tuning.tuners.xgb import estimate_applies
 
     assert estimate_applies(TuneContext("matmul", (256, 256, 256), TARGET, "d", FP))
     assert not estimate_applies(TuneContext("matmul", (32, 32, 32), TARGET, "d", FP))  # 5 flops/byte

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from farm.log import LogWriter, load_log, measured_indices
-from farm.replay import ReplayError, ReplayOracle, run_replay
-from farm.search import TuneContext, make_tuner
+from farm.tuning.replay import ReplayError, ReplayOracle, run_replay
+from farm.tuning.search import TuneContext, make_tuner
 
 from .conftest import FP, TARGET, make_record, synthetic_speed
 

@@ -6,7 +6,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from farm.search import TUNERS, TuneContext, make_tuner
+from farm.tuning.search import TUNERS, TuneContext, make_tuner
 
 from .conftest import FP, TARGET, make_record, synthetic_speed
 

@@ -1,0 +1,150 @@
+"""``farm devices``: check a devices file; bring a fleet up, down, and show its state.
+
+Only ``check`` is needed on a machine without paramiko: the fleet modules are
+imported inside their handlers.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from devices.registry import DeviceConfigError, DeviceSpec, FleetSpec, load_fleet
+
+
+def _where(dev: DeviceSpec) -> str:
+    if dev.ssh is None:
+        return "this machine"
+    return dev.ssh.display
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def fleet_table(fleet: FleetSpec) -> str:
+    rows = [["NAME", "KEY", "KIND", "WHERE", "SERVERS", "TARGET"]]
+    for d in fleet.devices:
+        rows.append([d.name, d.key, d.kind, _where(d), str(d.servers), str(d.target)])
+    return _table(rows)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    try:
+        fleet = load_fleet(args.file)
+    except DeviceConfigError as e:
+        print(e, file=sys.stderr)
+        return 1
+    print(fleet_table(fleet))
+    keys = sorted({d.key for d in fleet.devices})
+    print(f"\n{len(fleet.devices)} devices, {len(keys)} keys ({', '.join(keys)}): OK")
+    return 0
+
+
+def _state_root(args: argparse.Namespace) -> Path:
+    # The CLI is the edge where the environment is read (STYLE: config layering).
+    raw = args.state_dir or os.environ.get("KF_STATE_DIR") or "~/.kernelfarm/fleet"
+    return Path(os.path.expanduser(raw))
+
+
+def _print_outcomes(result: Any, verb: str) -> None:
+    for name, o in result.items():
+        if o.ok:
+            print(f"{name:20} {verb:7} {o.message}")
+        else:
+            first, *rest = o.message.splitlines() or [""]
+            print(f"{name:20} FAILED  {o.error_type}: {first}")
+            for line in rest:
+                print(f"{'':29}{line}")
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from rpc.auth import load_token
+
+    from devices.fleet.supervisor import Fleet, fleet_state_dir
+
+    try:
+        fleet_spec = load_fleet(args.file)
+    except DeviceConfigError as e:
+        print(e, file=sys.stderr)
+        return 1
+    token = load_token(args.token_file)
+    fleet = Fleet(fleet_spec, args.tracker, token, _state_root(args), register_timeout=args.register_timeout)
+    state = fleet_state_dir(_state_root(args), fleet_spec)
+    state.mkdir(parents=True, exist_ok=True)
+    (state / "up.pid").write_text(f"{os.getpid()}\n")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        result = fleet.up()
+        _print_outcomes(result, "up")
+        n_ok = len(result) - len(result.failed)
+        print(f"{n_ok}/{len(result)} devices up; serving until interrupted (farm devices down {args.file})", flush=True)
+        if not args.once:
+            fleet.watch(stop)
+    finally:
+        fleet.close()
+        (state / "up.pid").unlink(missing_ok=True)
+    return 0 if result.ok else 1
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from devices.fleet.supervisor import down
+
+    try:
+        fleet_spec = load_fleet(args.file)
+    except DeviceConfigError as e:
+        print(e, file=sys.stderr)
+        return 1
+    result = down(fleet_spec, _state_root(args), grace=args.grace)
+    _print_outcomes(result, "down")
+    return 0 if result.ok else 1
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from devices.fleet.supervisor import statuses
+
+    found = statuses(_state_root(args))
+    if not found:
+        print("no fleet has been brought up (state dir: %s)" % _state_root(args))
+        return 0
+    for data in found:
+        state = "running" if data["running"] else "stopped"
+        print(f"{data['file']} -> {data['tracker']}: {state} (pid {data['pid']})")
+        rows = [["DEVICE", "STATE", "DETAIL"]]
+        for name, d in data["devices"].items():
+            ok = d.get("ok") and data["running"]
+            rows.append([name, "up" if ok else ("failed" if d.get("error_type") else "down"), d.get("message", "").splitlines()[0] if d.get("message") else ""])
+        print(_table(rows) + "\n")
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("devices", help="register and manage the device fleet (devices.yaml)")
+    sub = p.add_subparsers(dest="devices_command", metavar="ACTION")
+    p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
+    c = sub.add_parser("check", help="validate a devices file and print its devices")
+    c.add_argument("file", help="devices.yaml")
+    c.set_defaults(func=cmd_check)
+
+    u = sub.add_parser("up", help="start device servers on every device; stays up and restarts dropped ones")
+    u.add_argument("file", help="devices.yaml")
+    u.add_argument("--tracker", required=True, metavar="HOST:PORT", help="tracker address, as seen from here")
+    u.add_argument("--token-file", help="file holding the shared token (default: $FARM_TOKEN)")
+    u.add_argument("--register-timeout", type=float, default=180.0, help="seconds a device has to register")
+    u.add_argument("--once", action="store_true", help="bring up, report, then stop everything and exit")
+    d = sub.add_parser("down", help="stop every device server of a devices file, here and on the boards")
+    d.add_argument("file", help="devices.yaml")
+    d.add_argument("--grace", type=float, default=5.0, help="seconds between SIGTERM and SIGKILL")
+    s = sub.add_parser("status", help="show the fleets brought up from this machine")
+    for q in (u, d, s):
+        q.add_argument("--state-dir", help="where up keeps its state (default $KF_STATE_DIR or ~/.kernelfarm/fleet)")
+    u.set_defaults(func=cmd_up)
+    d.set_defaults(func=cmd_down)
+    s.set_defaults(func=cmd_status)

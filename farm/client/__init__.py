@@ -1,0 +1,1 @@
+"""The laptop side of the farm: ``farm.connect(...)`` sessions that measure kernels on remote devices."""

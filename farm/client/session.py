@@ -1,0 +1,220 @@
+"""Timing kernels on remote devices from a laptop: ``farm.connect("host:port")``.
+
+    with farm.connect("head:9190") as farm_:
+        r = farm_.measure(s, [A, B, C], key="rpi4")      # builds here, times there
+        print(r.outcome, r.median_s, r.gflops, r.costs)
+
+The kernel is built on this machine for the target the device registered
+(its fingerprint), uploaded once per content hash, queued on the device key,
+and timed natively on the device. Failures of the farm (no device, deadline,
+lost connection, bad token) raise typed ``rpc.errors`` exceptions; a kernel
+that crashes, hangs or computes a wrong answer comes back as a MeasureResult
+with that outcome, or, with ``strict=True``, raises ``KernelCrashed``,
+``KernelHung``, ``WrongAnswer``...
+
+Like the CLI, this is an edge: when no token is passed it reads FARM_TOKEN.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import ssl
+from typing import Any, Sequence
+
+from rpc.client import Client
+from rpc.errors import DeadlineExceeded, RpcError, failure_for
+
+from farm.records.artifact import Artifact
+from farm.records.measure import MeasureResult, Outcome, RunOptions
+
+
+def connect(
+    address: str, *, token: bytes | str | None = None, ssl_context: ssl.SSLContext | None = None, timeout: float = 10.0
+) -> "Session":
+    """Open an authenticated session with a tracker (token: argument, else $FARM_TOKEN)."""
+    from rpc.auth import load_token
+
+    tok = token.encode() if isinstance(token, str) else token
+    return Session(Client(address, tok if tok else load_token(), ssl_context=ssl_context, timeout=timeout))
+
+
+def _result(d: dict[str, Any], strict: bool) -> MeasureResult:
+    result = MeasureResult.from_json(d)
+    if strict and result.outcome is not Outcome.OK:
+        raise failure_for(result.outcome.value, result.message, result)
+    return result
+
+
+class Job:
+    """A submitted measurement; ``result()`` blocks until the device answers."""
+
+    def __init__(self, session: "Session", job_id: str, strict: bool) -> None:
+        self.job_id = job_id
+        self._future: concurrent.futures.Future[dict[str, Any]] = session.client.result_future(job_id)
+        self._strict = strict
+
+    def result(self, timeout: float | None = None) -> MeasureResult:
+        try:
+            d = self._future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            if self._future.done():  # the remote DeadlineExceeded (also a TimeoutError)
+                raise
+            raise DeadlineExceeded(f"job {self.job_id} has no result after {timeout}s") from None
+        return _result(d, self._strict)
+
+    def done(self) -> bool:
+        return self._future.done()
+
+
+class Session:
+    """A connection to a tracker: submit, measure, lease devices, summarize."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self._targets: dict[str, str] = {}
+
+    # ---- building ------------------------------------------------------
+    def target(self, key: str) -> str:
+        """The target string to build for ``key``, from a registered device's fingerprint."""
+        if key not in self._targets:
+            devices = self.client.describe(key)
+            if not devices:
+                raise RpcError(f"no device is registered under key {key!r} (see `farm query`)")
+            self._targets[key] = target_of(devices[0].get("fingerprint", {}))
+        return self._targets[key]
+
+    def _artifact(self, kernel: Any, args: Sequence[Any] | None, key: str) -> Artifact:
+        if isinstance(kernel, Artifact):
+            return kernel
+        if hasattr(kernel, "artifact") and isinstance(kernel.artifact, Artifact):
+            return kernel.artifact  # an already built module
+        from farm import build
+
+        if args is None:
+            raise ValueError("measure(schedule, args, key=...) needs the argument tensors")
+        return build(kernel, list(args), target=self.target(key)).artifact
+
+    # ---- jobs ----------------------------------------------------------
+    def submit(
+        self,
+        kernel: Any,
+        args: Sequence[Any] | None = None,
+        *,
+        key: str,
+        options: RunOptions | None = None,
+        priority: int = 0,
+        queue_timeout_s: float | None = None,
+        strict: bool = False,
+        _lease_id: str | None = None,
+    ) -> Job:
+        """Queue one measurement (a schedule, a built module or an Artifact) on ``key``."""
+        art = self._artifact(kernel, args, key)
+        job_id = self.client.submit(
+            art.header(), art.code, key, (options or RunOptions()).to_json(),
+            priority=priority, queue_timeout_s=queue_timeout_s, lease_id=_lease_id,
+        )
+        return Job(self, job_id, strict)
+
+    def measure(self, kernel: Any, args: Sequence[Any] | None = None, *, key: str, options: RunOptions | None = None,
+                priority: int = 0, queue_timeout_s: float | None = None, strict: bool = False) -> MeasureResult:
+        """Build (if needed), time on a device of ``key``, and return the result."""
+        return self.submit(kernel, args, key=key, options=options, priority=priority,
+                           queue_timeout_s=queue_timeout_s, strict=strict).result()
+
+    def lease(self, key: str, *, queue_timeout_s: float | None = None, priority: int = 0) -> "Lease":
+        """Hold one device of ``key`` exclusively until the lease is released (a context manager)."""
+        granted = self.client.lease(key, queue_timeout_s=queue_timeout_s, priority=priority)
+        return Lease(self, key, granted["lease_id"], granted["device"])
+
+    def summary(self) -> dict[str, Any]:
+        return self.client.summary()
+
+    # ---- the farm's shared log (a tracker started with --log) ------------
+    def log_append(self, records: Sequence[Any]) -> int:
+        """Append LogRecords (or their JSON) to the tracker's shared log as one batch."""
+        batch = [r.to_json() if hasattr(r, "to_json") else dict(r) for r in records]
+        if not batch:
+            return 0
+        return int(self.client.call("log_append", records=batch)["appended"])
+
+    def log_query(self, kind: str, *, workload: str | None = None, device: str | None = None,
+                  args: Sequence[int] | None = None, k: int | None = None,
+                  exclude_device: str | None = None) -> Any:
+        """Query the shared log. ``best`` → LogRecord | None; ``top_k`` and ``records`` →
+        list[LogRecord]; ``history`` → {device key: [LogRecord]}; ``measured`` → set of indices."""
+        from farm.log import LogRecord
+
+        fields: dict[str, Any] = {"kind": kind}
+        for name, val in (("workload", workload), ("device", device), ("k", k), ("exclude_device", exclude_device)):
+            if val is not None:
+                fields[name] = val
+        if args is not None:
+            fields["args"] = [int(a) for a in args]
+        reply = self.client.call("log_query", **fields)
+        if kind == "history":
+            return {dev: [LogRecord.from_json(d) for d in rs] for dev, rs in reply["history"].items()}
+        if kind == "measured":
+            return set(reply["indices"])
+        recs = [LogRecord.from_json(d) for d in reply["records"]]
+        if kind == "best":
+            return recs[0] if recs else None
+        return recs
+
+    def close(self) -> None:
+        self.client.close()
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Lease:
+    """An exclusive hold on one device; jobs submitted through it run only there."""
+
+    def __init__(self, session: Session, key: str, lease_id: str, device: dict[str, Any]) -> None:
+        self.session, self.key, self.lease_id, self.device = session, key, lease_id, device
+
+    def submit(self, kernel: Any, args: Sequence[Any] | None = None, **kw: Any) -> Job:
+        return self.session.submit(kernel, args, key=self.key, _lease_id=self.lease_id, **kw)
+
+    def measure(self, kernel: Any, args: Sequence[Any] | None = None, **kw: Any) -> MeasureResult:
+        strict = kw.pop("strict", False)
+        return self.session.submit(kernel, args, key=self.key, _lease_id=self.lease_id, strict=strict, **kw).result()
+
+    def release(self) -> None:
+        self.session.client.release(self.lease_id)
+
+    def __enter__(self) -> "Lease":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.release()
+        except RpcError:
+            pass  # already broken (device lost) or connection gone
+
+
+def target_of(fingerprint: dict[str, Any]) -> str:
+    """Target string for a device fingerprint: its ``target`` if it names one, else
+    ``llvm -mtriple -mcpu -mattr`` from the triple, CPU name and enabled features
+    (``devices.fingerprint`` records ``cpu_name`` and a list of ``cpu_features``)."""
+    if isinstance(fingerprint.get("target"), str):
+        return str(fingerprint["target"])
+    parts = ["llvm"]
+    cpu = fingerprint.get("cpu_name") or fingerprint.get("cpu")
+    feats = fingerprint.get("cpu_features", fingerprint.get("features"))
+    if isinstance(feats, (list, tuple)):
+        feats = ",".join(f if f[:1] in "+-" else f"+{f}" for f in feats)
+    for flag, value in (("-mtriple", fingerprint.get("triple")), ("-mcpu", cpu), ("-mattr", feats)):
+        if value:
+            parts.append(f"{flag}={value}")
+    return " ".join(parts)
+
+
+def workload_artifact(name: str, shape: Sequence[int], config: dict[str, Any] | None, target: str) -> Artifact:
+    """Build one configuration of a registered workload for ``target``."""
+    from farm.workloads.registry import build_workload
+
+    artifact: Artifact = build_workload(name, list(shape), config if config is not None else "default", target).artifact
+    return artifact

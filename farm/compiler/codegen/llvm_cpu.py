@@ -1,0 +1,682 @@
+"""LLVM IR for CPU targets from the loop-nest IR.
+
+Unrolled loops are replicated with constant indices and vectorized loops are
+emitted as LLVM vector code, so a register tile of C (a local buffer with
+constant indices) is promoted to vector registers by SROA/mem2reg. A
+vectorized loop the vector model cannot express (lane-dependent guards,
+strided stores, guarded loads) falls back to a scalar loop: vectorize is a
+request, correctness is not negotiable.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass, field
+
+from llvmlite import ir
+
+from farm.compiler import arith
+from farm.errors import CompileError
+from farm.te.expr import BinOp, Call, Cast, Cmp, Const, Expr, Logic, Select, Var, free_vars, is_float, substitute
+from farm.compiler.ir import Allocate, Block, Buffer, BufferLoad, For, IfThenElse, PrimFunc, Stmt, Store, expr_children, walk_stmts
+from farm.compiler.codegen.runtime import BODY_TY, I8P, I32, I64, emit_entries, emit_runtime
+
+log = logging.getLogger(__name__)
+
+FAST = ("fast",)
+MAX_UNROLL = 64
+MAX_LANES = 64
+MAX_UNROLLED_STMTS = 256  # beyond this LLVM's compile time explodes for little gain
+ALLOCA_LIMIT = 4 << 20
+
+
+def ir_type(dtype: str) -> ir.Type:
+    return {
+        "float32": ir.FloatType(), "float64": ir.DoubleType(), "float16": ir.HalfType(),
+        "int8": ir.IntType(8), "uint8": ir.IntType(8), "int16": ir.IntType(16),
+        "int32": ir.IntType(32), "int64": I64, "bool": ir.IntType(1),
+    }[dtype]
+
+
+@dataclass
+class _Ctx:
+    fn: ir.Function
+    builder: ir.IRBuilder
+    alloca_builder: ir.IRBuilder
+    env: dict[Var, ir.Value] = field(default_factory=dict)
+    bufs: dict[Buffer, ir.Value] = field(default_factory=dict)
+    in_parallel: bool = False
+
+
+class CpuCodegen:
+    """Turns one PrimFunc into an LLVM module with the ABI in farm.artifact."""
+
+    def __init__(self, triple: str, data_layout: str, vector_lanes: int = 16) -> None:  # noqa: D107
+        self.mod = ir.Module(name="kernelfarm")
+        self.mod.triple = triple
+        self.mod.data_layout = data_layout
+        self.ctx: _Ctx
+        self.vec: tuple[Var, int] | None = None
+        self.vec_base = 0  # the loop value of lane 0 in the current vector chunk
+        self.pad_mode = False  # inside a tile-padding guard that was dropped (see if_)
+        self.pad_lane: list[Expr] = []
+        self.native_lanes = max(1, vector_lanes)
+        self.mask: ir.Value | None = None  # active lanes under a lane-dependent guard
+        self.ranges: dict[Var, tuple[int, int]] = {}
+        self.globals: dict[Buffer, ir.Value] = {}
+        self.n_outlined = 0
+
+    # --- module --------------------------------------------------------------
+    def generate(self, f: PrimFunc) -> ir.Module:
+        self.pfor = emit_runtime(self.mod)
+        for g in f.globals:
+            gv = ir.GlobalVariable(self.mod, ir.ArrayType(ir_type(g.dtype), g.size), f"kf_buf_{g.name}")
+            gv.initializer = ir.Constant(gv.type.pointee, None)
+            gv.linkage = "internal"
+            gv.align = 64
+            self.globals[g] = gv
+        fnty = ir.FunctionType(ir.VoidType(), [ir_type(b.dtype).as_pointer() for b in f.params])
+        kern = ir.Function(self.mod, fnty, f"kf_kernel_{f.name}")
+        kern.linkage = "internal"
+        for a, b in zip(kern.args, f.params):
+            a.name = b.name
+            a.add_attribute("noalias")
+        ctx = self._new_ctx(kern)
+        for a, b in zip(kern.args, f.params):
+            ctx.bufs[b] = a
+        for g, gv in self.globals.items():
+            ctx.bufs[g] = ctx.builder.bitcast(gv, ir_type(g.dtype).as_pointer())
+        self.ctx = ctx
+        self.stmt(f.body)
+        self.ctx.builder.ret_void()
+        self._close_ctx(ctx)
+        emit_entries(self.mod, kern)
+        return self.mod
+
+    def _new_ctx(self, fn: ir.Function) -> _Ctx:
+        entry = fn.append_basic_block("entry")
+        body = fn.append_basic_block("body")
+        return _Ctx(fn, ir.IRBuilder(body), ir.IRBuilder(entry))
+
+    def _close_ctx(self, ctx: _Ctx) -> None:
+        ctx.alloca_builder.position_at_end(ctx.fn.entry_basic_block)
+        ctx.alloca_builder.branch(ctx.fn.basic_blocks[1])
+
+    @property
+    def b(self) -> ir.IRBuilder:
+        return self.ctx.builder
+
+    # --- statements ----------------------------------------------------------
+    def stmt(self, s: Stmt) -> None:
+        if isinstance(s, Block):
+            for x in s.stmts:
+                self.stmt(x)
+        elif isinstance(s, For):
+            self.for_(s)
+        elif isinstance(s, Store):
+            self.store(s)
+        elif isinstance(s, IfThenElse):
+            self.if_(s)
+        elif isinstance(s, Allocate):
+            self.allocate(s)
+        else:
+            raise CompileError(f"cannot generate code for {type(s).__name__}")
+
+    def allocate(self, s: Allocate) -> None:
+        buf = s.buffer
+        nbytes = buf.size * (ir_type(buf.dtype).width // 8 if isinstance(ir_type(buf.dtype), ir.IntType) else 4)
+        if nbytes > ALLOCA_LIMIT:
+            raise CompileError(f"local buffer {buf.name} needs {nbytes} bytes; local tiles are limited to {ALLOCA_LIMIT}")
+        ptr = self.ctx.alloca_builder.alloca(ir_type(buf.dtype), buf.size, name=buf.name)
+        ptr.align = 64
+        self.ctx.bufs[buf] = ptr
+        self.stmt(s.body)
+
+    def if_(self, s: IfThenElse) -> None:
+        if s.tile_pad and s.orelse is None and not self.pad_mode and self._pad_droppable(s.then):
+            # Rows/lanes past the tensor's edge in a local tile are computed and
+            # never copied out; loads that could leave their buffer are clamped
+            # (uniform) or masked (per lane) instead of branching in the hot loop.
+            lane = self._split_guard(s.cond)[1] if self.vec is not None else []
+            self.pad_mode, self.pad_lane = True, lane
+            try:
+                self.stmt(s.then)
+            finally:
+                self.pad_mode, self.pad_lane = False, []
+            return
+        if self.vec is not None and s.orelse is None:
+            uniform, lane = self._split_guard(s.cond)
+            if uniform and lane:
+                with self.b.if_then(self.expr(_conj(uniform))):
+                    self.if_(IfThenElse(_conj(lane), s.then))
+                return
+            if not lane:
+                with self.b.if_then(self.expr(_conj(uniform))) if uniform else _null():
+                    self.stmt(s.then)
+                return
+        cond = self.expr(s.cond)
+        if isinstance(cond.type, ir.VectorType):
+            # A guard that differs per lane (a tail): predicate the lanes instead of
+            # branching, but take an unmasked fast path when every lane passes,
+            # which is all tiles but the last.
+            if s.orelse is None and self.mask is None:
+                allv = self.b.call(self._intrinsic("llvm.vector.reduce.and", ir.IntType(1), [cond.type], [cond.type]), [cond])
+                with self.b.if_else(allv) as (full, part):
+                    with full:
+                        self.stmt(s.then)
+                    with part:
+                        self.mask = cond
+                        try:
+                            self.stmt(s.then)
+                        finally:
+                            self.mask = None
+                return
+            outer = self.mask
+            try:
+                self.mask = cond if outer is None else self.b.and_(outer, cond)
+                self.stmt(s.then)
+                if s.orelse is not None:
+                    inv = self.b.not_(cond)
+                    self.mask = inv if outer is None else self.b.and_(outer, inv)
+                    self.stmt(s.orelse)
+            finally:
+                self.mask = outer
+            return
+        if s.orelse is None:
+            with self.b.if_then(cond):
+                self.stmt(s.then)
+        else:
+            with self.b.if_else(cond) as (then, orelse):
+                with then:
+                    self.stmt(s.then)
+                with orelse:
+                    self.stmt(s.orelse)
+
+    def _split_guard(self, cond: Expr) -> tuple[list[Expr], list[Expr]]:
+        assert self.vec is not None
+        parts = list(cond.args) if isinstance(cond, Logic) and cond.op == "and" else [cond]
+        uniform = [c for c in parts if self.vec[0] not in free_vars(c)]
+        return uniform, [c for c in parts if self.vec[0] in free_vars(c)]
+
+    def _pad_droppable(self, body: Stmt) -> bool:
+        """The guarded body only stores into a local tile, in bounds."""
+        for st in walk_stmts(body):
+            if isinstance(st, (For, Allocate)):
+                return False
+            if isinstance(st, Store) and (st.buffer.kind != "local" or not self._in_bounds(st.buffer, st.indices)):
+                return False
+        return True
+
+    def _in_bounds(self, buf: Buffer, indices: tuple[Expr, ...]) -> bool:
+        for i, d in zip(indices, buf.shape):
+            b = arith.linear_bounds(i, self.ranges)
+            if b is None or b[0] < 0 or b[1] >= d:
+                return False
+        return True
+
+    def for_(self, s: For) -> None:
+        self.ranges[s.var] = (0, s.extent - 1)
+        kind = s.kind
+        if kind == "bind":
+            raise CompileError(f"loop {s.var.name} is bound to {s.tag}: GPU bindings need a cuda target")
+        if kind == "parallel" and self.ctx.in_parallel:
+            kind = "serial"  # nested parallel regions run serially inside a worker
+        if kind == "unroll" and s.extent <= MAX_UNROLL and s.extent * _unrolled_size(s.body) <= MAX_UNROLLED_STMTS:
+            for n in range(s.extent):
+                self.ctx.env[s.var] = I64(n)
+                self.stmt(s.body)
+            del self.ctx.env[s.var]
+            return
+        if kind == "vectorize":
+            if self.vec is None and 1 < s.extent <= MAX_LANES and self._vectorizable(s.body, s.var):
+                # Chunks of the native width: LLVM legalizes odd wide vectors (48 lanes) badly.
+                L = self.native_lanes
+                try:
+                    for base in range(0, s.extent, L):
+                        self.vec = (s.var, min(L, s.extent - base))
+                        self.vec_base = base
+                        self.ctx.env[s.var] = I64(base)
+                        self.stmt(s.body)
+                finally:
+                    self.vec = None
+                    self.vec_base = 0
+                    self.ctx.env.pop(s.var, None)
+                return
+            log.debug("loop %s: vectorize falls back to a scalar loop", s.var.name)
+        if kind == "parallel" and s.extent > 1:
+            self.parallel(s)
+            return
+        self.serial_loop(s.var, I64(0), I64(s.extent), s.body)
+
+    def serial_loop(self, var: Var, begin: ir.Value, end: ir.Value, body: Stmt) -> None:
+        b = self.b
+        pre = b.block
+        head = b.append_basic_block(f"for.{var.name}")
+        loop = b.append_basic_block(f"for.{var.name}.body")
+        after = b.append_basic_block(f"for.{var.name}.end")
+        b.branch(head)
+        b.position_at_end(head)
+        i = b.phi(I64, name=var.name)
+        i.add_incoming(begin, pre)
+        b.cbranch(b.icmp_signed("<", i, end), loop, after)
+        b.position_at_end(loop)
+        self.ctx.env[var] = i
+        self.stmt(body)
+        del self.ctx.env[var]
+        nxt = self.b.add(i, I64(1), flags=("nsw",))
+        i.add_incoming(nxt, self.b.block)
+        self.b.branch(head)
+        self.b.position_at_end(after)
+
+    def parallel(self, s: For) -> None:
+        """Outline the loop body into a function and run it through kf_parallel_for."""
+        outer = self.ctx
+        live_vars = [v for v in outer.env]
+        live_bufs = [bf for bf in outer.bufs if bf not in self.globals]
+        fields = [outer.env[v].type for v in live_vars] + [outer.bufs[bf].type for bf in live_bufs]
+        clo_ty = ir.LiteralStructType(fields) if fields else ir.LiteralStructType([I64])
+        clo = outer.alloca_builder.alloca(clo_ty, name="closure")
+        for n, val in enumerate([outer.env[v] for v in live_vars] + [outer.bufs[bf] for bf in live_bufs]):
+            outer.builder.store(val, outer.builder.gep(clo, [I32(0), I32(n)]))
+        self.n_outlined += 1
+        fn = ir.Function(self.mod, BODY_TY, f"kf_par_{self.n_outlined}_{s.var.name.replace('.', '_')}")
+        fn.linkage = "internal"
+        inner = self._new_ctx(fn)
+        inner.in_parallel = True
+        cp = inner.builder.bitcast(fn.args[0], clo_ty.as_pointer())
+        for n, v in enumerate(live_vars):
+            inner.env[v] = inner.builder.load(inner.builder.gep(cp, [I32(0), I32(n)]))
+        for n, bf in enumerate(live_bufs):
+            inner.bufs[bf] = inner.builder.load(inner.builder.gep(cp, [I32(0), I32(len(live_vars) + n)]))
+        for g, gv in self.globals.items():
+            inner.bufs[g] = inner.builder.bitcast(gv, ir_type(g.dtype).as_pointer())
+        self.ctx = inner
+        self.serial_loop(s.var, fn.args[1], fn.args[2], s.body)
+        self.ctx.builder.ret_void()
+        self._close_ctx(inner)
+        self.ctx = outer
+        self.b.call(self.pfor, [fn, self.b.bitcast(clo, I8P), I64(s.extent)])
+
+    # --- vector model ----------------------------------------------------------
+    def _vectorizable(self, body: Stmt, v: Var) -> bool:
+        for s in walk_stmts(body):
+            if isinstance(s, For):
+                return False
+            if isinstance(s, Store):
+                flat = self._flat(s.buffer, s.indices)
+                if arith.coefficient(flat, v, self.ranges) != 1:
+                    return False
+        return True
+
+    def _flat(self, buf: Buffer, indices: tuple[Expr, ...]) -> Expr:
+        if len(indices) != len(buf.shape):
+            raise CompileError(f"buffer {buf.name} indexed with {len(indices)} indices, has {len(buf.shape)} dims")
+        flat: Expr = Const(0, "int32")
+        for i, st in zip(indices, buf.strides):
+            flat = BinOp("+", flat, BinOp("*", i, Const(st, "int32")))
+        return arith.simplify(flat, self.ranges)
+
+    def _address(self, buf: Buffer, indices: tuple[Expr, ...]) -> tuple[ir.Value, int | None]:
+        """Pointer to lane 0's element and the stride in the vector lane (None: no vector var)."""
+        flat = self._flat(buf, indices)
+        coef: int | None = None
+        if self.vec is not None and self.vec[0] in free_vars(flat):
+            coef = arith.coefficient(flat, self.vec[0], self.ranges)
+            flat = arith.simplify(substitute(flat, {self.vec[0]: Const(self.vec_base, "int32")}), self.ranges) if coef is not None else flat
+            if coef is None:
+                return self.ctx.bufs[buf], None  # gather: caller evaluates lane by lane
+        idx = self.index(flat)
+        return self.b.gep(self.ctx.bufs[buf], [idx], inbounds=True), (coef if coef is not None else 0)
+
+    def store(self, s: Store) -> None:
+        val = self.expr(s.value)
+        elem = ir_type(s.buffer.dtype)
+        val = self._convert(val, s.value.dtype, s.buffer.dtype)
+        val = self._narrow(val, elem)
+        ptr, coef = self._address(s.buffer, s.indices)
+        if self.vec is not None and coef == 1:
+            lanes = self.vec[1]
+            vt = ir.VectorType(elem, lanes)
+            if not isinstance(val.type, ir.VectorType):
+                val = self._splat(val, lanes)
+            vptr = self.b.bitcast(ptr, vt.as_pointer())
+            if self.mask is not None:
+                fn = self._intrinsic("llvm.masked.store", ir.VoidType(), [vt, vt.as_pointer(), I32, self.mask.type], [vt])
+                self.b.call(fn, [val, vptr, I32(_bytes(elem)), self.mask])
+                return
+            st = self.b.store(val, vptr)
+            st.align = _bytes(elem)
+            return
+        if isinstance(val.type, ir.VectorType):
+            raise CompileError("internal: vector value stored to a scalar location")
+        self.b.store(val, ptr)
+
+    # --- expressions -----------------------------------------------------------
+    def index(self, e: Expr) -> ir.Value:
+        v = self.expr(e)
+        if isinstance(v.type, ir.VectorType):
+            raise CompileError("internal: vector-valued index")
+        return v
+
+    def expr(self, e: Expr) -> ir.Value:
+        b = self.b
+        if isinstance(e, Const):
+            if is_float(e.dtype):
+                return ir_type(e.dtype)(e.value)
+            return ir.IntType(1)(e.value) if e.dtype == "bool" else I64(e.value)
+        if isinstance(e, Var):
+            if self.vec is not None and e is self.vec[0]:
+                return ir.Constant(ir.VectorType(I64, self.vec[1]), [I64(self.vec_base + n) for n in range(self.vec[1])])
+            if e not in self.ctx.env:
+                raise CompileError(f"variable {e.name} is used outside its loop")
+            return self.ctx.env[e]
+        if isinstance(e, BufferLoad):
+            return self.load(e)
+        if isinstance(e, BinOp):
+            return self.binop(e)
+        if isinstance(e, Cmp):
+            x, y = self._pair(self.expr(e.a), self.expr(e.b))
+            if is_float(e.a.dtype) or is_float(e.b.dtype):
+                return b.fcmp_ordered(e.op, x, y)
+            return b.icmp_signed(e.op, x, y)
+        if isinstance(e, Logic):
+            vals = [self.expr(a) for a in e.args]
+            if e.op == "not":
+                return b.not_(vals[0])
+            acc = vals[0]
+            for v in vals[1:]:
+                acc, v = self._pair(acc, v)
+                acc = b.and_(acc, v) if e.op == "and" else b.or_(acc, v)
+            return acc
+        if isinstance(e, Select):
+            return self.select(e)
+        if isinstance(e, Cast):
+            return self._convert(self.expr(e.x), e.x.dtype, e.dtype)
+        if isinstance(e, Call):
+            return self.call(e)
+        raise CompileError(f"cannot generate code for expression {type(e).__name__}")
+
+    def load(self, e: BufferLoad) -> ir.Value:
+        if self.pad_mode and not self._in_bounds(e.buffer, e.indices):
+            lane_dep = self.vec is not None and any(self.vec[0] in free_vars(i) for i in e.indices)
+            if lane_dep and self.pad_lane and self.mask is None:
+                self.mask = self.expr(_conj(self.pad_lane))
+                try:
+                    return self._load(e)
+                finally:
+                    self.mask = None
+            if not lane_dep:
+                clamped = [BinOp("min", BinOp("max", i, Const(0, "int32")), Const(d - 1, "int32"))
+                           for i, d in zip(e.indices, e.buffer.shape)]
+                return self._load(BufferLoad(e.buffer, clamped))
+        return self._load(e)
+
+    def _load(self, e: BufferLoad) -> ir.Value:
+        elem = ir_type(e.buffer.dtype)
+        ptr, coef = self._address(e.buffer, e.indices)
+        if coef is None:  # gather
+            assert self.vec is not None
+            var, lanes = self.vec
+            flat = self._flat(e.buffer, e.indices)
+            out = ir.Constant(ir.VectorType(elem, lanes), ir.Undefined)
+            for n in range(lanes):
+                idx = self._lane_safe(self.index(arith.simplify(substitute(flat, {var: Const(self.vec_base + n, "int32")}), self.ranges)), n)
+                x = self.b.load(self.b.gep(self.ctx.bufs[e.buffer], [idx], inbounds=True))
+                out = self.b.insert_element(out, x, I32(n))
+            return self._widen(out, e.buffer.dtype)
+        if self.vec is not None and coef == 1:
+            vt = ir.VectorType(elem, self.vec[1])
+            vptr = self.b.bitcast(ptr, vt.as_pointer())
+            if self.mask is not None:
+                fn = self._intrinsic("llvm.masked.load", vt, [vt.as_pointer(), I32, self.mask.type, vt], [vt])
+                ld = self.b.call(fn, [vptr, I32(_bytes(elem)), self.mask, ir.Constant(vt, None)])
+                return self._widen(ld, e.buffer.dtype)
+            ld = self.b.load(vptr)
+            ld.align = _bytes(elem)
+            return self._widen(ld, e.buffer.dtype)
+        if self.vec is not None and coef not in (0, None):
+            var, lanes = self.vec
+            base = self.index(self._flat_lane0(e))
+            out = ir.Constant(ir.VectorType(elem, lanes), ir.Undefined)
+            for n in range(lanes):
+                idx = self._lane_safe(self.b.add(base, I64(n * coef)), n)
+                x = self.b.load(self.b.gep(self.ctx.bufs[e.buffer], [idx], inbounds=True))
+                out = self.b.insert_element(out, x, I32(n))
+            return self._widen(out, e.buffer.dtype)
+        if self.vec is not None and self.mask is not None:
+            # Uniform address under a lane mask: only touch memory if some lane is live.
+            anyl = self.b.call(self._intrinsic("llvm.vector.reduce.or", ir.IntType(1), [self.mask.type], [self.mask.type]), [self.mask])
+            idx = self.b.select(anyl, self.index(self._flat_lane0(e)), I64(0))
+            return self._widen(self.b.load(self.b.gep(self.ctx.bufs[e.buffer], [idx], inbounds=True)), e.buffer.dtype)
+        return self._widen(self.b.load(ptr), e.buffer.dtype)
+
+    def _flat_lane0(self, e: BufferLoad) -> Expr:
+        flat = self._flat(e.buffer, e.indices)
+        if self.vec is not None:
+            flat = arith.simplify(substitute(flat, {self.vec[0]: Const(self.vec_base, "int32")}), self.ranges)
+        return flat
+
+    def _lane_safe(self, idx: ir.Value, lane: int) -> ir.Value:
+        """Index 0 (always valid) for a lane the mask switched off."""
+        if self.mask is None:
+            return idx
+        return self.b.select(self.b.extract_element(self.mask, I32(lane)), idx, I64(0))
+
+    def _intrinsic(self, name: str, ret: ir.Type, args: list[ir.Type], overload: list[ir.Type]) -> ir.Function:
+        full = name + "".join("." + _mangle(t) for t in overload) + (".p0" if "masked" in name else "")
+        fn = self.mod.globals.get(full)
+        if fn is None:
+            fn = ir.Function(self.mod, ir.FunctionType(ret, args), full)
+        return fn
+
+    def _widen(self, v: ir.Value, dtype: str) -> ir.Value:
+        # Integers compute in i64 (indices and data alike); narrow on store.
+        if not is_float(dtype) and dtype not in ("int64", "bool"):
+            t = ir.VectorType(I64, v.type.count) if isinstance(v.type, ir.VectorType) else I64
+            return self.b.zext(v, t) if dtype == "uint8" else self.b.sext(v, t)
+        return v
+
+    def _convert(self, v: ir.Value, src: str, dst: str) -> ir.Value:
+        b = self.b
+        vec = v.type.count if isinstance(v.type, ir.VectorType) else 0
+
+        def ty(t: ir.Type) -> ir.Type:
+            return ir.VectorType(t, vec) if vec else t
+
+        if is_float(dst):
+            want = ty(ir_type(dst))
+            if v.type == want:
+                return v
+            if is_float(src):
+                return b.fpext(v, want) if _fbytes(ir_type(dst)) > _fbytes(ir_type(src)) else b.fptrunc(v, want)
+            return b.uitofp(v, want) if src in ("bool", "uint8") else b.sitofp(v, want)
+        # Integers live in i64 in registers (see _widen); narrowing happens on store.
+        want = ty(ir.IntType(1) if dst == "bool" else I64)
+        if is_float(src):
+            return b.fptosi(v, want) if dst != "bool" else b.fcmp_ordered("!=", v, ir.Constant(v.type, 0.0))
+        if v.type == want:
+            return v
+        elt = v.type.element if vec else v.type
+        if dst == "bool":
+            return b.icmp_signed("!=", v, ir.Constant(v.type, 0) if not vec else ir.Constant(v.type, [ir.Constant(elt, 0)] * vec))
+        return b.zext(v, want) if elt.width == 1 or src == "uint8" else b.sext(v, want)
+
+    def _narrow(self, v: ir.Value, elem: ir.Type) -> ir.Value:
+        if not isinstance(elem, ir.IntType):
+            return v
+        vec = isinstance(v.type, ir.VectorType)
+        have = v.type.element if vec else v.type
+        if have == elem:
+            return v
+        want = ir.VectorType(elem, v.type.count) if vec else elem
+        return self.b.trunc(v, want) if have.width > elem.width else self.b.zext(v, want)
+
+    def _splat(self, v: ir.Value, lanes: int) -> ir.Value:
+        vt = ir.VectorType(v.type, lanes)
+        x = self.b.insert_element(ir.Constant(vt, ir.Undefined), v, I32(0))
+        return self.b.shuffle_vector(x, ir.Constant(vt, ir.Undefined), ir.Constant(ir.VectorType(I32, lanes), [I32(0)] * lanes))
+
+    def _pair(self, x: ir.Value, y: ir.Value) -> tuple[ir.Value, ir.Value]:
+        xv, yv = isinstance(x.type, ir.VectorType), isinstance(y.type, ir.VectorType)
+        if xv and not yv:
+            y = self._splat(y, x.type.count)
+        elif yv and not xv:
+            x = self._splat(x, y.type.count)
+        return x, y
+
+    def binop(self, e: BinOp) -> ir.Value:
+        b = self.b
+        x, y = self._pair(self.expr(e.a), self.expr(e.b))
+        x = self._convert(x, e.a.dtype, e.dtype) if e.a.dtype != e.dtype else x
+        y = self._convert(y, e.b.dtype, e.dtype) if e.b.dtype != e.dtype else y
+        if is_float(e.dtype):
+            if e.op == "+":
+                return b.fadd(x, y, flags=FAST)
+            if e.op == "-":
+                return b.fsub(x, y, flags=FAST)
+            if e.op == "*":
+                return b.fmul(x, y, flags=FAST)
+            if e.op == "/":
+                return b.fdiv(x, y, flags=FAST)
+            if e.op in ("min", "max"):
+                c = b.fcmp_ordered("<" if e.op == "min" else ">", x, y, flags=FAST)
+                return b.select(c, x, y)
+        else:
+            if e.op == "+":
+                return b.add(x, y)
+            if e.op == "-":
+                return b.sub(x, y)
+            if e.op == "*":
+                return b.mul(x, y)
+            if e.op in ("min", "max"):
+                return b.select(b.icmp_signed("<" if e.op == "min" else ">", x, y), x, y)
+            if e.op in ("//", "/", "%"):
+                bnd_a = arith.bounds(e.a, self.ranges)
+                bnd_b = arith.bounds(e.b, self.ranges)
+                if bnd_a and bnd_b and bnd_a[0] >= 0 and bnd_b[0] > 0:
+                    return b.udiv(x, y) if e.op != "%" else b.urem(x, y)
+                q, r = b.sdiv(x, y), b.srem(x, y)
+                # floor semantics: adjust when the remainder and divisor differ in sign
+                zero = ir.Constant(x.type, 0) if not isinstance(x.type, ir.VectorType) else ir.Constant(x.type, [I64(0)] * x.type.count)
+                adj = b.and_(b.icmp_signed("!=", r, zero), b.icmp_signed("!=", b.icmp_signed("<", r, zero), b.icmp_signed("<", y, zero)))
+                if e.op == "%":
+                    return b.select(adj, b.add(r, y), r)
+                one = ir.Constant(x.type, 1) if not isinstance(x.type, ir.VectorType) else ir.Constant(x.type, [I64(1)] * x.type.count)
+                return b.select(adj, b.sub(q, one), q)
+        raise CompileError(f"operator {e.op} is not supported for {e.dtype}")
+
+    def select(self, e: Select) -> ir.Value:
+        has_load = any(isinstance(x, BufferLoad) for side in (e.t, e.f) for x in _walk(side))
+        cond = self.expr(e.cond)
+        if has_load and not isinstance(cond.type, ir.VectorType):
+            # Branch so a guarded out-of-bounds load is never executed.
+            b = self.b
+            with b.if_else(cond) as (then, orelse):
+                with then:
+                    tv = self._convert(self.expr(e.t), e.t.dtype, e.dtype)
+                    tb = b.block
+                with orelse:
+                    fv = self._convert(self.expr(e.f), e.f.dtype, e.dtype)
+                    fb = b.block
+            tv, fv = self._pair(tv, fv)
+            phi = b.phi(tv.type)
+            phi.add_incoming(tv, tb)
+            phi.add_incoming(fv, fb)
+            return phi
+        if has_load and isinstance(cond.type, ir.VectorType):
+            outer = self.mask
+            try:
+                self.mask = cond if outer is None else self.b.and_(outer, cond)
+                tv = self._convert(self.expr(e.t), e.t.dtype, e.dtype)
+                inv = self.b.not_(cond)
+                self.mask = inv if outer is None else self.b.and_(outer, inv)
+                fv = self._convert(self.expr(e.f), e.f.dtype, e.dtype)
+            finally:
+                self.mask = outer
+        else:
+            tv = self._convert(self.expr(e.t), e.t.dtype, e.dtype)
+            fv = self._convert(self.expr(e.f), e.f.dtype, e.dtype)
+        tv, fv = self._pair(tv, fv)
+        if isinstance(tv.type, ir.VectorType) and not isinstance(cond.type, ir.VectorType):
+            cond = self._splat(cond, tv.type.count)
+        elif isinstance(cond.type, ir.VectorType) and not isinstance(tv.type, ir.VectorType):
+            tv, fv = self._splat(tv, cond.type.count), self._splat(fv, cond.type.count)
+        return self.b.select(cond, tv, fv)
+
+    def call(self, e: Call) -> ir.Value:
+        x = self.expr(e.args[0])
+        t = x.type
+        if e.func == "sigmoid":
+            one = ir.Constant(t, 1.0) if not isinstance(t, ir.VectorType) else self._splat(t.element(1.0), t.count)
+            ex = self.b.call(self._intrinsic("llvm.exp", t, [t], [t]), [self.b.fneg(x, flags=FAST)])
+            return self.b.fdiv(one, self.b.fadd(one, ex, flags=FAST), flags=FAST)
+        if e.func == "abs" and not is_float(e.dtype):
+            return self.b.select(self.b.icmp_signed("<", x, ir.Constant(t, 0)), self.b.neg(x), x)
+        name = {"exp": "llvm.exp", "sqrt": "llvm.sqrt", "log": "llvm.log", "abs": "llvm.fabs",
+                "floor": "llvm.floor", "ceil": "llvm.ceil"}.get(e.func)
+        if name is not None:
+            return self.b.call(self._intrinsic(name, t, [t], [t]), [x], fastmath=FAST)
+        if e.func == "tanh":
+            scal = x.type.element if isinstance(t, ir.VectorType) else t
+            fname = {ir.FloatType(): "tanhf", ir.DoubleType(): "tanh"}.get(scal)
+            if fname is None:
+                raise CompileError(f"tanh is not supported for {e.dtype}")
+            fn = self.mod.globals.get(fname) or ir.Function(self.mod, ir.FunctionType(scal, [scal]), fname)
+            if not isinstance(t, ir.VectorType):
+                return self.b.call(fn, [x])
+            out = ir.Constant(t, ir.Undefined)
+            for n in range(t.count):
+                out = self.b.insert_element(out, self.b.call(fn, [self.b.extract_element(x, I32(n))]), I32(n))
+            return out
+        raise CompileError(f"function {e.func} is not supported")
+
+
+def _conj(parts: list[Expr]) -> Expr:
+    return parts[0] if len(parts) == 1 else Logic("and", parts)
+
+
+@contextlib.contextmanager
+def _null():  # type: ignore[no-untyped-def]
+    yield
+
+
+def _unrolled_size(s: Stmt) -> int:
+    """Stores the body becomes once its own unrolled loops are replicated."""
+    if isinstance(s, Store):
+        return 1
+    if isinstance(s, For):
+        inner = _unrolled_size(s.body)
+        return inner * s.extent if s.kind == "unroll" else inner
+    if isinstance(s, Block):
+        return sum(_unrolled_size(x) for x in s.stmts)
+    if isinstance(s, IfThenElse):
+        return _unrolled_size(s.then) + (_unrolled_size(s.orelse) if s.orelse is not None else 0)
+    if isinstance(s, Allocate):
+        return _unrolled_size(s.body)
+    return 1
+
+
+def _mangle(t: ir.Type) -> str:
+    if isinstance(t, ir.VectorType):
+        return f"v{t.count}{_mangle(t.element)}"
+    if isinstance(t, ir.IntType):
+        return f"i{t.width}"
+    return {ir.HalfType(): "f16", ir.FloatType(): "f32", ir.DoubleType(): "f64"}[t]
+
+
+def _bytes(t: ir.Type) -> int:
+    return t.width // 8 if isinstance(t, ir.IntType) else _fbytes(t)
+
+
+def _fbytes(t: ir.Type) -> int:
+    return {ir.HalfType(): 2, ir.FloatType(): 4, ir.DoubleType(): 8}.get(t, 4)
+
+
+def _walk(e: Expr):  # type: ignore[no-untyped-def]
+    stack = [e]
+    while stack:
+        x = stack.pop()
+        yield x
+        stack.extend(expr_children(x))
+
+

@@ -1,0 +1,1 @@
+"""Leaving the farm: tuned kernels exported for a device, their standalone loader, and plots."""

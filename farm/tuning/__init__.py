@@ -1,0 +1,1 @@
+"""Tuning: features of a lowered nest, the XGBoost cost model, the tuners and dataset replay."""

@@ -1,0 +1,248 @@
+"""Model-based tuner: XGBoost cost model + simulated annealing over it.
+
+Each round: refit the model on every measurement of this task (its starting
+margin is the analytic pipeline estimate, ``prior_margin``), search the space
+with simulated annealing from persistent chains (they continue where the last
+round stopped, so the search deepens across rounds), and pick the batch
+greedily by predicted score. Up to three experts split each batch (see
+``_experts``): the analytic estimate and a model trained on top of it, a model
+learned from scratch, and a model that also holds transferred records of other
+shapes/devices; the one whose recent picks measured fastest gets most of it.
+``diversity=d`` (d >= 2) makes the last ``diverse_fraction`` of a batch
+differ from every other pick in at least d knobs; it is off by default
+because the good configs of a space cluster (conv2d: a full-row x tile with
+a few k tiles and unroll choices), and spreading a batch away from the
+cluster measured worse on both replay tasks (conv2d: 65 vs 28.5 trials to
+95%, median of 10 seeds; matmul unchanged). About ``eps`` of each batch is
+uniform random, which keeps the model honest in regions it rates poorly.
+When the unvisited candidates number at most ``exhaustive_limit`` (small
+spaces, replay pools), every one is scored instead of annealing - cheaper
+and strictly better than a partial walk.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from farm.errors import FarmError
+from farm.tuning.features import MIN_PIPELINE_INTENSITY, op_intensity, prior_of
+from farm.tuning.model import CostModel, TuneContext, extractor
+from farm.tuning.tuners.base import Tuner
+
+log = logging.getLogger(__name__)
+
+CREDIT_WINDOW = 8  # an expert is judged on its most recent measured picks
+Scorer = Callable[[np.ndarray], np.ndarray]  # feature rows -> scores, higher is better
+
+
+class XGBTuner(Tuner):
+    name = "xgb"
+
+    def __init__(self, space: Any, *, objective: str = "rank", num_rounds: int = 80, n_chains: int = 64,
+                 sa_steps: int = 40, eps: float = 0.05, min_train: int = 16, exhaustive_limit: int = 4096,
+                 diversity: int = 1, diverse_fraction: float = 0.5, transfer: Any = None, max_transfer: int = 4000,
+                 model_params: dict[str, Any] | None = None, estimate: bool = True, prior_margin: float = 3.0,
+                 **kw: Any) -> None:
+        super().__init__(space, **kw)
+        if self.context is None:
+            raise ValueError("the xgb tuner needs a TuneContext (workload, args, target) for its features")
+        self.estimate = bool(estimate) and estimate_applies(self.context)
+        margin = prior_margin if self.estimate else 0.0
+
+        def model(m: float) -> CostModel:
+            return CostModel(objective, num_rounds=num_rounds, seed=self.seed, params=model_params,
+                             context=self.context, prior_margin=m)
+
+        self.model = model(0.0)  # this task's measurements, learned from scratch
+        self.guided = model(margin)  # the same, starting from the analytic estimate
+        self.union = model(margin)  # this task's and the transferred records, when there are any
+        self.fe = extractor(self.context, space)
+        self.n_chains, self.sa_steps, self.eps = n_chains, sa_steps, eps
+        self.min_train, self.exhaustive_limit, self.diversity = min_train, exhaustive_limit, diversity
+        self.diverse_fraction = min(1.0, max(0.0, diverse_fraction))
+        self.max_transfer = max_transfer
+        self._dirty = False
+        self._src: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._chains: dict[str, np.ndarray] = {}
+        self.picked_by: dict[int, str] = {}  # config -> the expert that proposed it
+        if transfer:
+            self._transfer(list(transfer))
+
+    # --- data ------------------------------------------------------------------
+    def _observed(self, results: list[tuple[int, float]]) -> None:
+        self._dirty = True
+
+    def _transfer(self, records: list[Any]) -> None:
+        if len(records) > self.max_transfer:  # features cost ~1 ms each: bound the start-up time
+            keep = self.rng.choice(len(records), self.max_transfer, replace=False)
+            records = [records[i] for i in sorted(keep)]
+        x, g, grp, _ = CostModel.featurize(records)
+        if len(x):
+            self._src = (x, g, grp + 1)  # group 0 is this task
+            self._dirty = True
+            log.info("xgb tuner: %d transfer records from %d other task(s)", len(x), len(np.unique(grp)))
+
+    def _fit(self) -> None:
+        idx = list(self.results)
+        x = self.fe.features(idx)
+        g = np.array([self.results[i] for i in idx], dtype=np.float64)
+        if len(idx) >= self.min_train:
+            self.model.fit_arrays(x, g, np.zeros(len(idx), dtype=np.int64))
+            if self.estimate:
+                self.guided.fit_arrays(x, g, np.zeros(len(idx), dtype=np.int64))
+        if self._src is not None:
+            self.union.fit_arrays(np.concatenate([x, self._src[0]]), np.concatenate([g, self._src[1]]),
+                                  np.concatenate([np.zeros(len(idx), dtype=np.int64), self._src[2]]))
+        self._dirty = False
+
+    # --- search ----------------------------------------------------------------
+    def _experts(self) -> list[tuple[str, Scorer | None]]:
+        """Who ranks candidates (None: uniformly at random).
+
+        * "estimate": the analytic pipeline estimate, then this task's model
+          trained on top of it (its base margin). It knows FMA pipelines, not
+          memory-bound kernels (depthwise conv2d: it rates the fast configs low).
+        * "model": this task's model learned from scratch once it has
+          ``min_train`` points; before that random search, and only when no
+          other expert ranks.
+        * "transfer": a model of this task's and the transferred records. Another
+          shape can rank this one well (matmul 384 -> 512) or badly (conv2d 28
+          wide -> 40 wide).
+        """
+        out: list[tuple[str, Scorer | None]] = []
+        if self.estimate:
+            if self.guided.trained:
+                out.append(("estimate", self.guided.predict_features))
+            else:
+                out.append(("estimate", lambda x: prior_of(x) + 1e-6 * self.rng.random(len(x))))  # ties at random
+        if self.union.trained:
+            out.append(("transfer", self.union.predict_features))
+        # Untrained, the model expert is random search: it joins once it has learned
+        # something, unless nothing else ranks.
+        if self.model.trained or not out:
+            scorer = self.model.predict_features if self.model.trained else None
+            out.insert(1 if self.estimate else 0, ("model", scorer))
+        return out
+
+    def _shares(self, names: list[str], n: int) -> list[tuple[str, int]]:
+        """Batch slots per expert, the leader's first. The leader is the expert
+        whose last ``CREDIT_WINDOW`` measured picks averaged fastest (an average,
+        not a best, so the leader's larger share does not entrench it); it gets
+        the batch but one slot (two when there is one other) per other expert.
+        Before every expert has a measured pick, equal shares."""
+        if len(names) == 1:
+            return [(names[0], n)]
+        mine: dict[str, list[float]] = {e: [] for e in names}
+        for i, e in self.picked_by.items():  # insertion order: oldest pick first
+            if e in mine and i in self.results:
+                mine[e].append(self.results[i])
+        if any(not v for v in mine.values()):
+            q, r = divmod(n, len(names))
+            return [(e, q + (1 if k < r else 0)) for k, e in enumerate(names)]
+        lead = max(names, key=lambda e: float(np.mean(mine[e][-CREDIT_WINDOW:])))
+        small = max(1, n // (4 * (len(names) - 1)))
+        rest = [(e, small) for e in names if e != lead]
+        return [(lead, max(0, n - small * len(rest)))] + rest
+
+    def _propose(self, n: int) -> list[int]:
+        if self._dirty and (len(self.results) >= self.min_train or self._src is not None):
+            self._fit()
+        experts = dict(self._experts())
+        picks: list[int] = []
+        for name, k in self._shares(list(experts), n):
+            if k <= 0:
+                continue
+            scorer = experts[name]
+            if scorer is None:
+                mine = self.cands.sample(self.rng, k, self.visited | set(picks))
+            else:
+                # Annealing cost follows the share: the leader walks most chains.
+                chains = max(8, -(-self.n_chains * k // n))
+                cand, score = self._candidates(name, scorer, chains)
+                keep = ~np.isin(cand, picks)
+                mine = self._diverse_top(cand[keep], score[keep], k)
+            self.picked_by.update((i, name) for i in mine)
+            picks += mine
+        n_rand = int(self.rng.binomial(n, self.eps))
+        if n_rand:
+            picks = picks[: n - n_rand]
+            picks += self.cands.sample(self.rng, n_rand, self.visited | set(picks))
+        return picks
+
+    def _candidates(self, name: str, scorer: Scorer, chains: int) -> tuple[np.ndarray, np.ndarray]:
+        def score(idx: np.ndarray) -> np.ndarray:
+            return scorer(self.fe.features(idx.tolist()))
+
+        unvisited = len(self.cands) - len(self.visited & self._cand_set())
+        if unvisited <= self.exhaustive_limit:
+            rest = self.cands.remaining(self.visited)
+            return rest, score(rest)
+        return self._anneal(name, score, chains)
+
+    def _anneal(self, name: str, score: Scorer, chains: int) -> tuple[np.ndarray, np.ndarray]:
+        cur = self._chains.get(name, np.zeros(0, dtype=np.int64))[:chains]
+        if len(cur) < chains:  # new chains start at random
+            cur = np.concatenate([cur, np.asarray(self.cands.sample(self.rng, chains - len(cur), set()),
+                                                  dtype=np.int64)])
+        # Restart a quarter of the chains from the best measured configs: exploitation
+        # around real evidence, while the other chains keep their own walk.
+        top = sorted(self.results, key=lambda i: -self.results[i])[: max(1, chains // 4)]
+        cur[: len(top)] = top
+        cur_s = score(cur)
+        seen: dict[int, float] = dict(zip(cur.tolist(), cur_s.tolist()))
+        scale = float(np.std(cur_s)) + 1e-9
+        for step in range(self.sa_steps):
+            temp = scale * max(1e-3, 1.0 - step / self.sa_steps)
+            new = self.cands.mutate(cur, self.rng, p=0.05)
+            new_s = score(new)
+            seen.update(zip(new.tolist(), new_s.tolist()))
+            with np.errstate(over="ignore"):
+                accept = (new_s > cur_s) | (self.rng.random(len(cur)) < np.exp((new_s - cur_s) / temp))
+            cur, cur_s = np.where(accept, new, cur), np.where(accept, new_s, cur_s)
+        self._chains[name] = cur
+        keys = [i for i in seen if i not in self.visited]
+        return np.asarray(keys, dtype=np.int64), np.asarray([seen[i] for i in keys], dtype=np.float64)
+
+    def _diverse_top(self, cand: np.ndarray, score: np.ndarray, n: int) -> list[int]:
+        if len(cand) == 0:
+            return []
+        order = np.argsort(-score, kind="stable")[: max(20 * n, 256)]
+        cand = cand[order]
+        ch = self.cands.to_choices(cand)
+        picked: list[int] = []
+        # The first picks are the model's best, near-duplicates or not (the good
+        # configs of a space cluster: several of them are worth measuring); the
+        # rest of the batch must differ from every pick in >= diversity knobs.
+        greedy = n - int(round(n * self.diverse_fraction))
+        for r in range(len(cand)):
+            if len(picked) == n:
+                break
+            if len(picked) >= greedy and picked and np.min((ch[picked] != ch[r]).sum(axis=1)) < self.diversity:
+                continue
+            picked.append(r)
+        if len(picked) < n:  # not enough diverse ones: fill by score
+            chosen = set(picked)
+            picked += [r for r in range(len(cand)) if r not in chosen][: n - len(picked)]
+        return [int(cand[r]) for r in picked]
+
+
+def estimate_applies(ctx: TuneContext) -> bool:
+    """The pipeline estimate models SIMD FMA throughput: not GPUs (no vector
+    lanes in the target) and not operators bound by memory traffic."""
+    from farm.target import Target
+
+    if Target.parse(ctx.target).vector_lanes_f32 <= 1:
+        return False
+    try:
+        intensity = op_intensity(ctx.workload, ctx.args, ctx.target)
+    except (FarmError, ValueError) as e:  # a workload that cannot instantiate here: no estimate
+        log.debug("no op intensity for %s%s: %s", ctx.workload, tuple(ctx.args), e)
+        return False
+    if intensity < MIN_PIPELINE_INTENSITY:
+        log.info("xgb tuner: %s%s does %.1f flops per byte, memory-bound: no pipeline estimate",
+                 ctx.workload, tuple(ctx.args), intensity)
+        return False
+    return True
