@@ -122,9 +122,11 @@ def bench_campaign(trials: int, batch_size: int, tuner: str, cpus: int, min_repe
 
     with tempfile.TemporaryDirectory(prefix="kf-bench-") as tmp:
         wl = "\n".join(f"  - {{name: {n}, shape: {s}}}" for n, s in WORKLOADS.items())
-        spec = parse_campaign(f"name: bench\nlog: {tmp}/bench.jsonl\ntuner: {tuner}\ntrials: {trials}\n"
-                              f"batch_size: {batch_size}\nseed: 0\ntransfer: false\n"
-                              f"timing: {{repeat: 3, min_repeat_ms: {min_repeat_ms}, timeout_s: 10}}\nworkloads:\n{wl}\n")
+        spec = parse_campaign(
+            f"name: bench\nlog: {tmp}/bench.jsonl\ntuner: {tuner}\ntrials: {trials}\n"
+            f"batch_size: {batch_size}\nseed: 0\ntransfer: false\n"
+            f"timing: {{repeat: 3, min_repeat_ms: {min_repeat_ms}, timeout_s: 10}}\nworkloads:\n{wl}\n"
+        )
         init_ray(None, cpus)
         with EmbeddedFarm() as farm, connect(farm.address, token=farm.token) as session:
             sampler = _Sampler(farm.address, farm.token, "local").start()

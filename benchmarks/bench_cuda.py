@@ -71,7 +71,11 @@ def _time_library(fn: Callable[[], Any], sync: Callable[[], None], event: Callab
 
 
 def _elapsed(s: Any, e: Any) -> float:
-    return float(s.elapsed_time(e)) if hasattr(s, "elapsed_time") else float(__import__("cupy").cuda.get_elapsed_time(s, e))
+    return (
+        float(s.elapsed_time(e))
+        if hasattr(s, "elapsed_time")
+        else float(__import__("cupy").cuda.get_elapsed_time(s, e))
+    )
 
 
 def bench_cupy(n: int) -> float | None:

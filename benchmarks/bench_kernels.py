@@ -15,16 +15,17 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from farm.runtime.loader import LoadedKernel
 from farm.runtime.buffers import seeded_inputs  # noqa: E402
+from farm.runtime.loader import LoadedKernel
 from farm.workloads.registry import build_workload, get_workload  # noqa: E402
 
 _GEMM = {"tile_i": [-1, 8, 6], "tile_j": [-1, 1, 64], "tile_k": [-1, 4], "order": 1, "unroll": 2,
@@ -86,8 +87,8 @@ def top_from_log(log: str | None, workload: str, shape: tuple[int, ...], k: int)
     """The campaign's k fastest distinct configs of this case (its candidates for 'tuned')."""
     if not log:
         return []
-    from farm.log import store as flog
     from farm.log import query as logquery
+    from farm.log import store as flog
 
     recs = flog.load_log(log).records
     seen: set[int] = set()
@@ -185,9 +186,11 @@ def main(argv: list[str] | None = None) -> int:
     best_gf = max(max(v for k, v in gf.items() if k != "numpy") for _, _, gf, _ in rows)
     figures.update({"peak_gflops": round(pk["peak_gflops"], 1), "peak_1core_gflops": round(pk["peak_1core_gflops"], 1),
                     "peak_fraction": round(best_gf / pk["peak_gflops"], 3)})
-    print(f"peak: {pk['peak_gflops']:.1f} GFLOPS measured on {pk['cores']} cores ({pk['peak_1core_gflops']:.1f} on one): "
-          f"{16} independent {pk['lanes']}-lane FMA chains per core, no memory traffic; best kernel here reaches "
-          f"{figures['peak_fraction']:.2f} of it")
+    print(
+        f"peak: {pk['peak_gflops']:.1f} GFLOPS measured on {pk['cores']} cores ({pk['peak_1core_gflops']:.1f} on one): "
+        f"{16} independent {pk['lanes']}-lane FMA chains per core, no memory traffic; best kernel here reaches "
+        f"{figures['peak_fraction']:.2f} of it"
+    )
     if args.json:
         print(json.dumps(figures))
     return 0

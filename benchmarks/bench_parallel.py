@@ -66,7 +66,9 @@ def build(with_gomp: bool) -> tuple[object, dict[str, int]]:
     m = llvm.parse_assembly(str(mod))
     eng = llvm.create_mcjit_compiler(m, tm)
     eng.finalize_object()
-    addrs = {n: eng.get_function_address(n) for n in ("bench_pthread", "bench_gomp") if with_gomp or n == "bench_pthread"}
+    addrs = {
+        n: eng.get_function_address(n) for n in ("bench_pthread", "bench_gomp") if with_gomp or n == "bench_pthread"
+    }
     addrs["threads"] = eng.get_global_value_address("kf_num_threads")
     return eng, addrs
 

@@ -91,7 +91,9 @@ def main(argv: list[str] | None = None) -> int:
                 t = time.monotonic()
                 res = fn(Path(tmp) / name, args.quick)
                 out.update(res)
-                print(f"{name}: {time.monotonic() - t:.0f}s " + ", ".join(f"{k}={v}" for k, v in res.items()), flush=True)
+                print(
+                    f"{name}: {time.monotonic() - t:.0f}s " + ", ".join(f"{k}={v}" for k, v in res.items()), flush=True
+                )
     out["crashes"] = sum(int(out.get(k, 0)) for k in ("chaos_crashes", "fuzz_crashes", "load_crashes"))
     out["hangs"] = sum(int(out.get(k, 0)) for k in ("chaos_hangs", "fuzz_hangs"))
     out.setdefault("faults_injected", 0)

@@ -29,7 +29,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from rpc.queue import Dispatch, JobSpec, SchedulerQueue  # noqa: E402
-from tests.rpc.fake_backend import KIND as FAKE_KIND, FakeBackend, fake_artifact  # noqa: E402
+from tests.rpc.fake_backend import KIND as FAKE_KIND  # noqa: E402
+from tests.rpc.fake_backend import FakeBackend, fake_artifact
 from tests.rpc.harness import LocalFarm  # noqa: E402
 
 

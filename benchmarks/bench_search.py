@@ -40,9 +40,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from farm.log import load_log  # noqa: E402
 import numpy as np  # noqa: E402
 
+from farm.log import load_log  # noqa: E402
 from farm.tuning.features import prior_of  # noqa: E402
 from farm.tuning.model import CostModel, evaluate, extractor, ranking_quality  # noqa: E402
 from farm.tuning.replay import ReplayOracle, ReplayRun, run_replay  # noqa: E402

@@ -5,7 +5,8 @@ import collections
 import json
 import logging
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -31,7 +32,7 @@ def reference_outputs(artifact: Artifact, inputs: Sequence[np.ndarray]) -> list[
     return [np.asarray(o) for o in outs]
 
 
-_REF_CACHE: "collections.OrderedDict[str, list[np.ndarray] | None]" = collections.OrderedDict()
+_REF_CACHE: collections.OrderedDict[str, list[np.ndarray] | None] = collections.OrderedDict()
 _REF_CACHE_SIZE = 4
 
 

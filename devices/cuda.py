@@ -23,13 +23,12 @@ from typing import Any
 
 import numpy as np
 
-from farm.records.artifact import Artifact
-from farm.errors import LoadError
-from farm.records.measure import MeasureResult, Outcome, RunOptions
-
-from farm.runtime.buffers import compare, seeded_inputs
 from devices.cpu import seeded_reference
 from devices.cuda_driver import DEVICE_LOST_CODES, CudaError, Driver
+from farm.errors import LoadError
+from farm.records.artifact import Artifact
+from farm.records.measure import MeasureResult, Outcome, RunOptions
+from farm.runtime.buffers import compare, seeded_inputs
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +159,9 @@ class CudaBackend:
             return MeasureResult.error(
                 Outcome.RUNTIME_ERROR,
                 f"block of {threads} threads exceeds this kernel's limit of {limit} ({extra['registers']} registers/thread)",
-                extra=extra, **kw)
+                extra=extra,
+                **kw,
+            )
         arrays = seeded_inputs(artifact.args, options.seed)
         for a, spec in zip(arrays, artifact.args):
             ptrs.append(d.alloc(a.nbytes))

@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
-
+from devices.targetspec import TargetSpec, TargetSyntaxError, parse_target
 from farm.yamlconf import Ctx as _Ctx
 from farm.yamlconf import LocatedConfigError
 from farm.yamlconf import describe as _describe
@@ -40,8 +41,6 @@ from farm.yamlconf import read_readable_file as _readable_file
 from farm.yamlconf import read_seconds as _seconds
 from farm.yamlconf import read_str as _str
 from farm.yamlconf import unknown as _unknown
-
-from devices.targetspec import TargetSpec, TargetSyntaxError, parse_target
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +142,9 @@ READERS: dict[str, Callable[[_Ctx, yaml.Node, str], Any]] = {
 }  # fmt: skip
 
 
-def _device(ctx: _Ctx, node: yaml.Node, index: int, defaults: dict[str, tuple[yaml.Node, yaml.Node, str]]) -> DeviceSpec:
+def _device(
+    ctx: _Ctx, node: yaml.Node, index: int, defaults: dict[str, tuple[yaml.Node, yaml.Node, str]]
+) -> DeviceSpec:
     where = f"devices[{index}]"
     own = ctx.mapping(node, where)
     for name, (knode, _) in own.items():
@@ -172,7 +173,9 @@ def _device(ctx: _Ctx, node: yaml.Node, index: int, defaults: dict[str, tuple[ya
         if "host" not in vals and "ssh_config" not in vals:
             raise ctx.error(node, _join(where, "host"), "missing: an ssh device needs host or ssh_config")
         if "ssh_config_file" in vals and "ssh_config" not in vals:
-            raise ctx.error(nodes["ssh_config_file"][0], nodes["ssh_config_file"][1], "given without ssh_config (the Host alias)")
+            raise ctx.error(
+                nodes["ssh_config_file"][0], nodes["ssh_config_file"][1], "given without ssh_config (the Host alias)"
+            )
         ssh_kw = {k: vals[k] for k in SSH_FIELDS if k in vals}
         ssh_kw.setdefault("host", None)
         # With an explicit key file, the agent is only used when asked for.
@@ -195,7 +198,9 @@ def parse_fleet(text: str, path: str | Path = "<string>") -> FleetSpec:
         docs = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
-        raise DeviceConfigError(ctx.file, (mark.line + 1) if mark else 1, "(yaml)", f"syntax error: {e.problem}") from None
+        raise DeviceConfigError(
+            ctx.file, (mark.line + 1) if mark else 1, "(yaml)", f"syntax error: {e.problem}"
+        ) from None
     if not docs or docs[0] is None:
         raise DeviceConfigError(ctx.file, 1, "devices", "the file is empty; expected a 'devices:' list")
     if len(docs) > 1:
@@ -205,7 +210,9 @@ def parse_fleet(text: str, path: str | Path = "<string>") -> FleetSpec:
         if name not in TOP_FIELDS:
             raise _unknown(ctx, knode, name, name, TOP_FIELDS)
     if "version" in top and ctx.value(top["version"][1], "version") != 1:
-        raise ctx.error(top["version"][1], "version", f"unsupported version {_describe(ctx, top['version'][1])} (this farm reads 1)")
+        raise ctx.error(
+            top["version"][1], "version", f"unsupported version {_describe(ctx, top['version'][1])} (this farm reads 1)"
+        )
     defaults: dict[str, tuple[yaml.Node, yaml.Node, str]] = {}
     if "defaults" in top:
         for name, (knode, vnode) in ctx.mapping(top["defaults"][1], "defaults").items():
@@ -225,7 +232,9 @@ def parse_fleet(text: str, path: str | Path = "<string>") -> FleetSpec:
         dev = _device(ctx, node, i, defaults)
         if dev.name in first_line:
             name_node = ctx.mapping(node, "")["name"][1]
-            raise ctx.error(name_node, f"devices[{i}].name", f"duplicate name {dev.name!r} (first at line {first_line[dev.name]})")
+            raise ctx.error(
+                name_node, f"devices[{i}].name", f"duplicate name {dev.name!r} (first at line {first_line[dev.name]})"
+            )
         first_line[dev.name] = node.start_mark.line + 1
         devices.append(dev)
     log.debug("%s: %d devices", ctx.file, len(devices))

@@ -51,7 +51,7 @@ class Target:
     options: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
 
     @classmethod
-    def parse(cls, text: "str | Target") -> "Target":
+    def parse(cls, text: str | Target) -> Target:
         if isinstance(text, Target):
             return text
         if not isinstance(text, str) or not text.strip():
@@ -96,7 +96,7 @@ class Target:
         return cls("llvm", triple, cpu, feats, opts)
 
     @classmethod
-    def host(cls) -> "Target":
+    def host(cls) -> Target:
         return cls.parse("llvm -mcpu=native")
 
     def __str__(self) -> str:

@@ -8,8 +8,9 @@ from __future__ import annotations
 import difflib
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
@@ -91,7 +92,9 @@ def describe(ctx: Ctx, node: yaml.Node) -> str:
     return "nothing" if val is None else f"{type(val).__name__} {val!r}"
 
 
-def unknown(ctx: Ctx, knode: yaml.Node, field: str, name: str, allowed: tuple[str, ...] | frozenset[str]) -> LocatedConfigError:
+def unknown(
+    ctx: Ctx, knode: yaml.Node, field: str, name: str, allowed: tuple[str, ...] | frozenset[str]
+) -> LocatedConfigError:
     hint = difflib.get_close_matches(name, sorted(allowed), n=1, cutoff=0.6)
     more = f" (did you mean {hint[0]!r}?)" if hint else f" (known: {', '.join(sorted(allowed))})"
     return ctx.error(knode, field, f"unknown field{more}")

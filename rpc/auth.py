@@ -83,13 +83,21 @@ async def accept(
         await conn.send({"op": "error", "error": to_wire(AuthError("authentication failed"))})
         raise AuthError(f"{conn.peer}: bad token proof (role {role!r:.20})")
     await conn.send(
-        {"op": "welcome", "version": version, "proof": proof(token, "kf-acceptor", version, role, server_nonce, client_nonce)}
+        {
+            "op": "welcome",
+            "version": version,
+            "proof": proof(token, "kf-acceptor", version, role, server_nonce, client_nonce),
+        }
     )
     return role, version
 
 
 async def dial(
-    conn: Connection, token: bytes, role: str, versions: tuple[int, ...] = PROTOCOL_VERSIONS, timeout: float = HANDSHAKE_TIMEOUT
+    conn: Connection,
+    token: bytes,
+    role: str,
+    versions: tuple[int, ...] = PROTOCOL_VERSIONS,
+    timeout: float = HANDSHAKE_TIMEOUT,
 ) -> int:
     """Dialer side. Returns the agreed version; raises AuthError/VersionMismatch/ProtocolError."""
     msg = await conn.recv(idle_timeout=timeout)

@@ -11,7 +11,8 @@ import logging
 import os
 import signal
 import sys
-from typing import Any, Callable, Coroutine
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from rpc.auth import load_token
 from rpc.errors import RpcError

@@ -18,7 +18,8 @@ import itertools
 import logging
 import ssl
 import threading
-from typing import Any, Coroutine, TypeVar
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 from rpc import auth, codec
 from rpc.errors import ArtifactMissing, ConnectionLost, ProtocolError, RpcError, from_wire
@@ -44,7 +45,7 @@ class AsyncClient:
     @classmethod
     async def connect(
         cls, address: str, token: bytes, *, ssl_context: ssl.SSLContext | None = None, timeout: float = 10.0
-    ) -> "AsyncClient":
+    ) -> AsyncClient:
         host, port = parse_address(address)
         conn = await open_connection(host, port, timeout=timeout, ssl_context=ssl_context)
         try:
@@ -92,7 +93,9 @@ class AsyncClient:
                 fut.set_exception(ConnectionLost(f"tracker connection lost: {err}"))
         self.conn.abort()
 
-    async def call(self, op: str, blobs: tuple[bytes, ...] = (), timeout: float | None = None, **fields: Any) -> dict[str, Any]:
+    async def call(
+        self, op: str, blobs: tuple[bytes, ...] = (), timeout: float | None = None, **fields: Any
+    ) -> dict[str, Any]:
         """One request/response; raises the remote error's own type."""
         if self._closed_error is not None:
             raise ConnectionLost(f"tracker connection lost: {self._closed_error}")
@@ -164,12 +167,16 @@ class AsyncClient:
 class Client:
     """Blocking facade over AsyncClient; its event loop runs in a daemon thread."""
 
-    def __init__(self, address: str, token: bytes, *, ssl_context: ssl.SSLContext | None = None, timeout: float = 10.0) -> None:
+    def __init__(
+        self, address: str, token: bytes, *, ssl_context: ssl.SSLContext | None = None, timeout: float = 10.0
+    ) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="kf-rpc-client", daemon=True)
         self._thread.start()
         try:
-            self._async: AsyncClient = self._run(AsyncClient.connect(address, token, ssl_context=ssl_context, timeout=timeout))
+            self._async: AsyncClient = self._run(
+                AsyncClient.connect(address, token, ssl_context=ssl_context, timeout=timeout)
+            )
         except BaseException:
             self._stop_loop()
             raise
@@ -177,10 +184,12 @@ class Client:
     def _run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
-    def submit(self, artifact: dict[str, Any], code: bytes, key: str, options: dict[str, Any] | None = None, **kw: Any) -> str:
+    def submit(
+        self, artifact: dict[str, Any], code: bytes, key: str, options: dict[str, Any] | None = None, **kw: Any
+    ) -> str:
         return self._run(self._async.submit(artifact, code, key, options, **kw))
 
-    def result_future(self, job_id: str) -> "concurrent.futures.Future[dict[str, Any]]":
+    def result_future(self, job_id: str) -> concurrent.futures.Future[dict[str, Any]]:
         return asyncio.run_coroutine_threadsafe(self._async.result(job_id), self._loop)
 
     def result(self, job_id: str, timeout: float | None = None) -> dict[str, Any]:
@@ -227,7 +236,7 @@ class Client:
         self._thread.join(timeout=5)
         self._loop.close()
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from rpc.errors import FrameTooLarge, ProtocolError
 

@@ -63,7 +63,9 @@ class WorkerProcess:
         json_len, blob_len = codec.parse_prefix(prefix)
         return codec.decode_body(json_len, blob_len, await self.proc.stdout.readexactly(json_len + blob_len))
 
-    async def run(self, artifact: dict[str, Any], code: bytes, options: dict[str, Any], hard_timeout: float) -> tuple[dict[str, Any], bool]:
+    async def run(
+        self, artifact: dict[str, Any], code: bytes, options: dict[str, Any], hard_timeout: float
+    ) -> tuple[dict[str, Any], bool]:
         """Run one job. Returns (result JSON, child still usable)."""
         assert self.proc and self.proc.stdin
         flops = float(artifact.get("flops", 0.0) or 0.0)
@@ -135,7 +137,9 @@ class WorkerPool:
             self._all.add(w)
             self._free.put_nowait(w)
 
-    async def run(self, artifact: dict[str, Any], code: bytes, options: dict[str, Any], hard_timeout: float) -> dict[str, Any]:
+    async def run(
+        self, artifact: dict[str, Any], code: bytes, options: dict[str, Any], hard_timeout: float
+    ) -> dict[str, Any]:
         worker = await self._free.get()
         ok = False
         try:

@@ -154,7 +154,13 @@ class SchedulerQueue:
 
     # ---- devices -------------------------------------------------------
     def add_device(
-        self, device_id: str, key: str, now: float, capacity: int = 1, fingerprint: dict[str, Any] | None = None, name: str = ""
+        self,
+        device_id: str,
+        key: str,
+        now: float,
+        capacity: int = 1,
+        fingerprint: dict[str, Any] | None = None,
+        name: str = "",
     ) -> list[Action]:
         if device_id in self.devices:
             raise ValueError(f"device {device_id} already registered")
@@ -375,7 +381,9 @@ class SchedulerQueue:
     def _break_lease(self, lease_id: str, reason: str) -> list[Action]:
         lease = self.leases.pop(lease_id)
         actions = self._fail_jobs(lease.jobs, "NoSuchLease", f"lease {lease_id} broken: {reason}")
-        actions.append(LeaseFailed(lease_id, lease.client_id, _err("NoSuchLease", f"lease {lease_id} broken: {reason}")))
+        actions.append(
+            LeaseFailed(lease_id, lease.client_id, _err("NoSuchLease", f"lease {lease_id} broken: {reason}"))
+        )
         return actions
 
     # ---- reporting -----------------------------------------------------

@@ -19,7 +19,8 @@ import logging
 import os
 import socket
 import ssl
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from rpc import auth, codec
 from rpc.artifacts import ArtifactStore, checked_hash

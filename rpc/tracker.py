@@ -19,13 +19,24 @@ import itertools
 import logging
 import ssl
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from rpc import auth, codec
 from rpc.artifacts import ArtifactStore, checked_hash
 from rpc.errors import ArtifactMissing, BadRequest, ConnectionLost, NoSuchLease, ProtocolError, RpcError, to_wire
-from rpc.queue import Action, Dispatch, DropDevice, JobDone, JobFailed, JobSpec, LeaseFailed, LeaseGranted, SchedulerQueue
+from rpc.queue import (
+    Action,
+    Dispatch,
+    DropDevice,
+    JobDone,
+    JobFailed,
+    JobSpec,
+    LeaseFailed,
+    LeaseGranted,
+    SchedulerQueue,
+)
 from rpc.transport import Connection, start_server
 
 log = logging.getLogger(__name__)
@@ -310,7 +321,9 @@ class Tracker:
         lease_id = f"lease{next(self._ids)}"
         self.lease_rids[lease_id] = (client_id, msg.header.get("rid"))
         deadline = None if timeout is None else now + float(timeout)
-        self._apply(self.queue.request_lease(lease_id, client_id, key, now, int(msg.header.get("priority", 0)), deadline))
+        self._apply(
+            self.queue.request_lease(lease_id, client_id, key, now, int(msg.header.get("priority", 0)), deadline)
+        )
         return None  # answered by LeaseGranted / LeaseFailed
 
     async def _op_release(self, client_id: str, peer: _Peer, msg: codec.Message) -> dict[str, Any]:

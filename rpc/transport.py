@@ -14,7 +14,8 @@ import asyncio
 import logging
 import random
 import ssl
-from typing import Any, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 from rpc import codec
 from rpc.codec import Limits, Message
@@ -104,7 +105,9 @@ class Connection:
                 self.abort()
                 raise ConnectionLost(f"{self.peer}: send failed ({type(e).__name__})") from None
 
-    async def request(self, header: dict[str, Any], blobs: Sequence[bytes] = (), timeout: float | None = None) -> Message:
+    async def request(
+        self, header: dict[str, Any], blobs: Sequence[bytes] = (), timeout: float | None = None
+    ) -> Message:
         """Send, then read the next message (only for strictly alternating phases like the handshake)."""
         await self.send(header, blobs)
         return await self.recv(idle_timeout=timeout)
@@ -149,7 +152,7 @@ async def open_connection(
     return Connection(reader, writer, limits=limits, frame_timeout=frame_timeout)
 
 
-def backoff_delays(base: float = 0.1, cap: float = 10.0) -> "Any":
+def backoff_delays(base: float = 0.1, cap: float = 10.0) -> Any:
     """Endless jittered exponential delays (full jitter on the upper half), so a
     fleet of device servers does not reconnect in lockstep after a tracker restart."""
     delay = base

@@ -57,8 +57,8 @@ def write_message(stream: BinaryIO, header: dict[str, Any], blobs: tuple[bytes, 
 def run_one(backend: Any, msg: codec.Message) -> dict[str, Any]:
     """One job -> MeasureResult JSON. Python-level failures are classified by type here;
     native crashes never return and are classified by the parent."""
-    from farm.records.artifact import Artifact
     from farm.errors import CompileError, LoadError
+    from farm.records.artifact import Artifact
     from farm.records.measure import MeasureResult, Outcome, RunOptions
 
     t0 = time.perf_counter()

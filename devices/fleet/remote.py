@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from devices.registry import DeviceSpec
 from devices.fleet.ssh import CommandResult, DeviceUnreachable, ProvisionError, SshConnection, remote_dir, translated
 from devices.fleet.wheel import Wheel
+from devices.registry import DeviceSpec
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,9 @@ class Board:
             wd = remote_dir(self.ssh.workdir)
             res = self.conn.run(f"mkdir -p {wd}/lib {wd}/run {wd}/logs && cd {wd} && pwd")
             if res.status != 0:
-                raise ProvisionError(f"{self.conn.where}: cannot create workdir {self.ssh.workdir}: {res.stderr.strip()}")
+                raise ProvisionError(
+                    f"{self.conn.where}: cannot create workdir {self.ssh.workdir}: {res.stderr.strip()}"
+                )
             self._wd = res.stdout.strip().splitlines()[-1]
         return self._wd
 
@@ -140,7 +142,9 @@ class Board:
         n = self.spec.servers
         return [self.spec.name] if n == 1 else [f"{self.spec.name}-{i}" for i in range(n)]
 
-    def start_server(self, name: str, wheel: Wheel, tracker_port: int, token_path: str, startup_timeout: float = 120.0) -> RemoteServer:
+    def start_server(
+        self, name: str, wheel: Wheel, tracker_port: int, token_path: str, startup_timeout: float = 120.0
+    ) -> RemoteServer:
         wd = self.workdir()
         kind = "cuda" if self.spec.kind == "cuda" else "cpu"
         pidfile, logfile = f"{wd}/run/{name}.pid", f"{wd}/logs/{name}.log"
@@ -157,7 +161,9 @@ class Board:
             status = chan.recv_exit_status() if chan.exit_status_ready() else None
             err = chan.recv_stderr(8192).decode(errors="replace") if chan.recv_stderr_ready() else ""
             chan.close()
-            raise ProvisionError(f"{self.conn.where}: launcher for {name} did not start (exit {status}): {err.strip()[-300:]}")
+            raise ProvisionError(
+                f"{self.conn.where}: launcher for {name} did not start (exit {status}): {err.strip()[-300:]}"
+            )
         return RemoteServer(name, chan, pids[0], pids[1], logfile)
 
     @staticmethod

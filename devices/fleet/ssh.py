@@ -12,16 +12,15 @@ import io
 import logging
 import os
 import shlex
-import socket
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from farm.errors import FarmError
-
-from devices.registry import SshSpec
 from devices.fleet.tunnel import ReverseForward
+from devices.registry import SshSpec
+from farm.errors import FarmError
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +103,7 @@ def translated(where: str) -> Iterator[None]:
     except paramiko.ssh_exception.NoValidConnectionsError as e:
         reasons = "; ".join(sorted({os.strerror(err.errno) if err.errno else str(err) for err in e.errors.values()}))
         raise DeviceUnreachable(f"{where}: cannot connect: {reasons}") from None
-    except socket.timeout:
+    except TimeoutError:
         raise DeviceUnreachable(f"{where}: timed out") from None
     except (paramiko.SSHException, EOFError) as e:
         raise DeviceUnreachable(f"{where}: ssh error: {e or type(e).__name__}") from None
@@ -186,7 +185,11 @@ class SshConnection:
         return self.client.get_transport()
 
     def is_active(self) -> bool:
-        return self._client is not None and self._client.get_transport() is not None and self._client.get_transport().is_active()
+        return (
+            self._client is not None
+            and self._client.get_transport() is not None
+            and self._client.get_transport().is_active()
+        )
 
     def run(self, command: str, *, timeout: float = 120.0, stdin: bytes | None = None) -> CommandResult:
         """Run a shell command on the board and wait for it."""
@@ -248,7 +251,7 @@ class SshConnection:
                 self._client.close()
                 self._client = None
 
-    def __enter__(self) -> "SshConnection":
+    def __enter__(self) -> SshConnection:
         return self
 
     def __exit__(self, *exc: object) -> None:

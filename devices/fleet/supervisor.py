@@ -22,13 +22,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from farm.errors import FarmError
-from rpc.transport import parse_address
-
 from devices.fleet import launch
-from devices.registry import DeviceSpec, FleetSpec
 from devices.fleet.ssh import DeviceUnreachable, ProvisionError
 from devices.fleet.wheel import Wheel, build_wheel
+from devices.registry import DeviceSpec, FleetSpec
+from farm.errors import FarmError
+from rpc.transport import parse_address
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +178,9 @@ class Fleet:
             env = dict(os.environ)
             src = str(Path(__file__).resolve().parents[2])
             env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env, start_new_session=True)
+            proc = subprocess.Popen(
+                argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env, start_new_session=True
+            )
             run.servers.append(_LocalServer(name, proc, log_path))
 
     def _up_remote(self, run: _Running) -> None:
@@ -216,7 +217,9 @@ class Fleet:
                     return {n: seen[n] for n in sorted(want)}
                 if time.monotonic() > deadline:
                     missing = ", ".join(sorted(want - set(seen)))
-                    raise ProvisionError(f"{missing} did not register with {self.tracker} in {self.register_timeout:.0f} s")
+                    raise ProvisionError(
+                        f"{missing} did not register with {self.tracker} in {self.register_timeout:.0f} s"
+                    )
                 time.sleep(0.25)
 
     # -- supervision ------------------------------------------------------------
@@ -274,7 +277,10 @@ class Fleet:
 
 def _summary(fp: dict[str, Any]) -> str:
     cpu = fp.get("cpu") if isinstance(fp.get("cpu"), dict) else {}
-    parts = [str(fp.get("triple") or fp.get("isa") or cpu.get("triple") or ""), str(cpu.get("name") or fp.get("cpu_name") or "")]
+    parts = [
+        str(fp.get("triple") or fp.get("isa") or cpu.get("triple") or ""),
+        str(cpu.get("name") or fp.get("cpu_name") or ""),
+    ]
     cores = fp.get("cores") or cpu.get("cores")
     if cores:
         parts.append(f"{cores} cores")

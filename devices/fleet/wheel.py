@@ -75,7 +75,12 @@ def build_wheel(out_dir: Path, root: Path | None = None) -> Wheel:
     info = f"{DIST}-{version}.dist-info"
     files = _files(root)
     files.append((f"{info}/METADATA", f"Metadata-Version: 2.1\nName: {DIST}\nVersion: {version}\n".encode()))
-    files.append((f"{info}/WHEEL", b"Wheel-Version: 1.0\nGenerator: kernelfarm.devices.wheel\nRoot-Is-Purelib: true\nTag: py3-none-any\n"))
+    files.append(
+        (
+            f"{info}/WHEEL",
+            b"Wheel-Version: 1.0\nGenerator: kernelfarm.devices.wheel\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+        )
+    )
     record = "".join(f"{name},{_record_hash(data)}\n" for name, data in files) + f"{info}/RECORD,,\n"
     files.append((f"{info}/RECORD", record.encode()))
     buf = io.BytesIO()

@@ -26,7 +26,18 @@ from typing import Any
 import yaml
 
 from farm.records.measure import RunOptions
-from farm.yamlconf import Ctx, LocatedConfigError, compose, describe, read_bool, read_choice, read_ident, read_int, read_str, unknown
+from farm.yamlconf import (
+    Ctx,
+    LocatedConfigError,
+    compose,
+    describe,
+    read_bool,
+    read_choice,
+    read_ident,
+    read_int,
+    read_str,
+    unknown,
+)
 
 TUNERS = ("random", "grid", "ga", "xgb")
 TOP = ("name", "log", "devices", "device_keys", "tuner", "trials", "batch_size", "early_stopping", "seed",
@@ -68,7 +79,7 @@ class CampaignSpec:
     target: str | None = None  # override the target read from the device fingerprint
     path: Path | None = None
 
-    def with_overrides(self, *, trials: int | None = None, log: str | None = None) -> "CampaignSpec":
+    def with_overrides(self, *, trials: int | None = None, log: str | None = None) -> CampaignSpec:
         out = self
         if trials is not None:
             if trials < 1:
@@ -195,7 +206,9 @@ def parse_campaign(text: str, path: str | Path = "<string>") -> CampaignSpec:
     seen: dict[tuple[str, tuple[int, ...]], str] = {}
     for w, n in zip(wls, top["workloads"][1].value):
         if (w.name, w.shape) in seen:
-            raise ctx.error(n, "workloads", f"{w.name} {list(w.shape)} is listed twice (first at {seen[(w.name, w.shape)]})")
+            raise ctx.error(
+                n, "workloads", f"{w.name} {list(w.shape)} is listed twice (first at {seen[(w.name, w.shape)]})"
+            )
         seen[(w.name, w.shape)] = w.source
     name = v.get("name", Path(path).stem if str(path) != "<string>" else "campaign")
     return CampaignSpec(

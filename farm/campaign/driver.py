@@ -16,18 +16,19 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from farm.records.artifact import Artifact
-from farm.errors import FarmError
-from farm.records.measure import MeasureResult, Outcome
 from farm.campaign.config import CampaignSpec, WorkloadSpec
 from farm.campaign.idle import IdleMeter, idle_fraction
 from farm.campaign.link import FarmLink
 from farm.campaign.proposer import BackgroundTuner
 from farm.campaign.sinks import FileSink, RecordSink
+from farm.errors import FarmError
+from farm.records.artifact import Artifact
+from farm.records.measure import MeasureResult, Outcome
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,9 @@ class Task:
     default_gflops: float | None = None
     pending: list[int] = field(default_factory=list)  # proposed, not yet built
     builds: dict[Any, tuple[int, float]] = field(default_factory=dict)  # ray ref -> (index, started)
-    jobs: dict[int, tuple[Any, float, Artifact, int, int]] = field(default_factory=dict)  # index -> (Job, build_s, art, tries, gen)
+    jobs: dict[int, tuple[Any, float, Artifact, int, int]] = field(
+        default_factory=dict
+    )  # index -> (Job, build_s, art, tries, gen)
     resubmit: dict[int, tuple[Artifact, float, int]] = field(default_factory=dict)  # index -> (art, build_s, tries)
     held: dict[int, tuple[Artifact, float]] = field(default_factory=dict)  # built, waiting for the build phase to end
     history: list[tuple[int, float]] = field(default_factory=list)  # (trial, best so far)
@@ -124,9 +127,17 @@ class CampaignResult:
 class CampaignRunner:
     """Runs one campaign against a farm session; Ray must be initialized."""
 
-    def __init__(self, spec: CampaignSpec, session: Any, on_progress: Callable[[list[Task], dict[str, Any]], None] | None = None,
-                 *, reconnect: Callable[[], Any] | None = None, max_outage_s: float = 300.0,
-                 sink: RecordSink | None = None, exclusive_timing: bool | None = None) -> None:
+    def __init__(
+        self,
+        spec: CampaignSpec,
+        session: Any,
+        on_progress: Callable[[list[Task], dict[str, Any]], None] | None = None,
+        *,
+        reconnect: Callable[[], Any] | None = None,
+        max_outage_s: float = 300.0,
+        sink: RecordSink | None = None,
+        exclusive_timing: bool | None = None,
+    ) -> None:
         self.spec = spec
         # Builds and timing take turns: a batch is built, then timed with no build
         # running (a device sharing its cores with the builders times kernels
@@ -150,10 +161,10 @@ class CampaignRunner:
 
     # --- setup -------------------------------------------------------------------
     def _make_tasks(self, records: list[Any]) -> None:
+        from farm.client.session import target_of
         from farm.tuning.model import TuneContext
         from farm.tuning.search import make_tuner
         from farm.workloads.registry import get_workload
-        from farm.client.session import target_of
 
         for key in self.spec.device_keys:
             devs = self.link.session.client.describe(key)
@@ -298,8 +309,13 @@ class CampaignRunner:
                     try:
                         res = ray.get(ref)
                     except Exception as e:  # noqa: BLE001 - a crashed build worker (e.g. LLVM abort)
-                        res = {"ok": False, "outcome": "COMPILE_ERROR", "message": f"build worker died: {type(e).__name__}: {e}",
-                               "build_s": now - started, "node": ""}
+                        res = {
+                            "ok": False,
+                            "outcome": "COMPILE_ERROR",
+                            "message": f"build worker died: {type(e).__name__}: {e}",
+                            "build_s": now - started,
+                            "node": "",
+                        }
                     self._built(t, idx, res, out)
                 elif now - started > self.spec.build_timeout_s:
                     del t.builds[ref]

@@ -42,7 +42,7 @@ class EmbeddedFarm:
         self._tracker: Any = None
         self.procs: list[subprocess.Popen[bytes]] = []
 
-    def __enter__(self) -> "EmbeddedFarm":
+    def __enter__(self) -> EmbeddedFarm:
         try:
             self.start()
         except BaseException:

@@ -22,9 +22,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from rpc.transport import backoff_delays
-
 from farm.errors import FarmError
+from rpc.transport import backoff_delays
 
 log = logging.getLogger(__name__)
 

@@ -73,8 +73,10 @@ def results_table(result: Any) -> str:
     for t in result.tasks:
         sp = f"{t.speedup:7.2f}x" if t.speedup else "       -"
         dg = f"{t.default_gflops:9.2f}" if t.default_gflops else "        -"
-        rows.append(f"{t.workload:<18} {','.join(map(str, t.shape)):<26} {t.device_key:<10} {t.trials:>6} "
-                    f"{t.errors:>6} {t.best_gflops:12.2f} {dg} {sp}  {t.best_index if t.best_index is not None else '-'}")
+        rows.append(
+            f"{t.workload:<18} {','.join(map(str, t.shape)):<26} {t.device_key:<10} {t.trials:>6} "
+            f"{t.errors:>6} {t.best_gflops:12.2f} {dg} {sp}  {t.best_index if t.best_index is not None else '-'}"
+        )
     rows.append(f"log: {result.log}   ({result.measured} measured now, {result.resumed} resumed from the log, "
                 f"{result.wall_s:.1f}s)")
     return "\n".join(rows)

@@ -69,14 +69,14 @@ def _best_from_log(args: argparse.Namespace, name: str, shape: tuple[int, ...]) 
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from farm.compiler.lowering import lower
     from farm.compiler.ir import func_str
+    from farm.compiler.lowering import lower
 
     wl, shape, tgt, cfg = resolve(args)
     sch, tensors = wl.instantiate(shape, cfg, tgt)
     func = lower(sch, tensors, wl.name)
     if args.llvm or args.asm:
-        from farm.compiler.codegen import assembly, optimize, llvm_module
+        from farm.compiler.codegen import assembly, llvm_module, optimize
 
         print(assembly(func, tgt) if args.asm else str(optimize(llvm_module(func, tgt), tgt)))
         return 0
@@ -107,7 +107,6 @@ def cmd_workloads(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from devices.cpu import CpuBackend
-
     from farm.records.measure import RunOptions
     from farm.workloads.registry import build_workload
 

@@ -64,9 +64,8 @@ def _print_outcomes(result: Any, verb: str) -> None:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from rpc.auth import load_token
-
     from devices.fleet.supervisor import Fleet, fleet_state_dir
+    from rpc.auth import load_token
 
     try:
         fleet_spec = load_fleet(args.file)
@@ -120,7 +119,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         rows = [["DEVICE", "STATE", "DETAIL"]]
         for name, d in data["devices"].items():
             ok = d.get("ok") and data["running"]
-            rows.append([name, "up" if ok else ("failed" if d.get("error_type") else "down"), d.get("message", "").splitlines()[0] if d.get("message") else ""])
+            rows.append(
+                [
+                    name,
+                    "up" if ok else ("failed" if d.get("error_type") else "down"),
+                    d.get("message", "").splitlines()[0] if d.get("message") else "",
+                ]
+            )
         print(_table(rows) + "\n")
     return 0
 

@@ -56,8 +56,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from farm.log import load_log
     from farm.export.plot import PlotError, plot_curves, tuning_curves
+    from farm.log import load_log
 
     loaded = load_log(args.log)
     curves = tuning_curves(loaded.records, workload=args.workload, device=args.device)

@@ -17,8 +17,12 @@ def register(sub: Any) -> None:
     p.add_argument("--trials", type=int, help="override the budget per task")
     p.add_argument("--log", help="override the log path ('tracker': the farm's shared log, with --tracker)")
     p.add_argument("--local-servers", type=int, default=1, help="device servers of the embedded farm")
-    p.add_argument("--build-cpus", type=int, help="CPUs of the local Ray (default: every core when builds and timing take "
-                   "turns, as on the embedded farm; cores - 1 otherwise)")
+    p.add_argument(
+        "--build-cpus",
+        type=int,
+        help="CPUs of the local Ray (default: every core when builds and timing take "
+        "turns, as on the embedded farm; cores - 1 otherwise)",
+    )
     p.add_argument("--max-outage", type=float, default=300.0, metavar="SECONDS",
                    help="how long to keep re-dialling a lost tracker before giving up (default 300)")
     p.add_argument("--json", action="store_true", help="print the results as one JSON object at the end")
@@ -27,14 +31,13 @@ def register(sub: Any) -> None:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from farm.client.session import connect
     from farm.campaign.builds import init_ray
     from farm.campaign.config import load_campaign
     from farm.campaign.driver import CampaignRunner
     from farm.campaign.embedded import EmbeddedFarm
     from farm.campaign.progress import Progress, results_table
-
     from farm.campaign.sinks import TRACKER_LOG, TrackerSink
+    from farm.client.session import connect
 
     spec = load_campaign(args.campaign).with_overrides(trials=args.trials, log=args.log)
     shared_log = str(spec.log) == TRACKER_LOG
@@ -86,11 +89,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def _fleet_up(path: Any, address: str, token: bytes) -> Any:
-    from devices.fleet.supervisor import Fleet
-    from devices.registry import load_fleet
-
     import os
     from pathlib import Path
+
+    from devices.fleet.supervisor import Fleet
+    from devices.registry import load_fleet
 
     state = Path(os.path.expanduser(os.environ.get("KF_STATE_DIR") or "~/.kernelfarm/fleet"))
     fleet = Fleet(load_fleet(path), address, token, state)

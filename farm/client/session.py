@@ -18,18 +18,18 @@ from __future__ import annotations
 
 import concurrent.futures
 import ssl
-from typing import Any, Sequence
-
-from rpc.client import Client
-from rpc.errors import DeadlineExceeded, RpcError, failure_for
+from collections.abc import Sequence
+from typing import Any
 
 from farm.records.artifact import Artifact
 from farm.records.measure import MeasureResult, Outcome, RunOptions
+from rpc.client import Client
+from rpc.errors import DeadlineExceeded, RpcError, failure_for
 
 
 def connect(
     address: str, *, token: bytes | str | None = None, ssl_context: ssl.SSLContext | None = None, timeout: float = 10.0
-) -> "Session":
+) -> Session:
     """Open an authenticated session with a tracker (token: argument, else $FARM_TOKEN)."""
     from rpc.auth import load_token
 
@@ -47,7 +47,7 @@ def _result(d: dict[str, Any], strict: bool) -> MeasureResult:
 class Job:
     """A submitted measurement; ``result()`` blocks until the device answers."""
 
-    def __init__(self, session: "Session", job_id: str, strict: bool) -> None:
+    def __init__(self, session: Session, job_id: str, strict: bool) -> None:
         self.job_id = job_id
         self._future: concurrent.futures.Future[dict[str, Any]] = session.client.result_future(job_id)
         self._strict = strict
@@ -120,7 +120,7 @@ class Session:
         return self.submit(kernel, args, key=key, options=options, priority=priority,
                            queue_timeout_s=queue_timeout_s, strict=strict).result()
 
-    def lease(self, key: str, *, queue_timeout_s: float | None = None, priority: int = 0) -> "Lease":
+    def lease(self, key: str, *, queue_timeout_s: float | None = None, priority: int = 0) -> Lease:
         """Hold one device of ``key`` exclusively until the lease is released (a context manager)."""
         granted = self.client.lease(key, queue_timeout_s=queue_timeout_s, priority=priority)
         return Lease(self, key, granted["lease_id"], granted["device"])
@@ -162,7 +162,7 @@ class Session:
     def close(self) -> None:
         self.client.close()
 
-    def __enter__(self) -> "Session":
+    def __enter__(self) -> Session:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -185,7 +185,7 @@ class Lease:
     def release(self) -> None:
         self.session.client.release(self.lease_id)
 
-    def __enter__(self) -> "Lease":
+    def __enter__(self) -> Lease:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -8,7 +8,7 @@ what turns ``(jo*bn + ji) // bn`` back into ``jo`` after packing.
 from __future__ import annotations
 
 import weakref
-from typing import Mapping
+from collections.abc import Mapping
 
 from farm.te.expr import BinOp, Const, Expr, Var, children, is_float, rebuild
 
@@ -60,7 +60,7 @@ def _name(e: Expr) -> str:
     return e.name if isinstance(e, Var) else "~"
 
 
-_ATOMS: "weakref.WeakValueDictionary[str, Expr]" = weakref.WeakValueDictionary()
+_ATOMS: weakref.WeakValueDictionary[str, Expr] = weakref.WeakValueDictionary()
 
 
 def skey(e: Expr) -> str:

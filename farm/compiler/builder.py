@@ -3,16 +3,17 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
-from farm.records.artifact import Artifact, ArgSpec
-from farm.errors import ArgumentError, CompileError
+from farm.compiler.ir import PrimFunc, func_str
 from farm.compiler.lowering import lower
-from farm.te.schedule import Schedule
+from farm.errors import ArgumentError, CompileError
+from farm.records.artifact import ArgSpec, Artifact
 from farm.target import Target
 from farm.te.expr import Reduce
+from farm.te.schedule import Schedule
 from farm.te.tensor import PlaceholderOp, Tensor
-from farm.compiler.ir import PrimFunc, func_str
 
 log = logging.getLogger(__name__)
 

@@ -1,10 +1,25 @@
 """The lowered loop-nest IR and its printer (TVM's TIR, in miniature)."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
-from farm.te.expr import BinOp, Call, Cast, Cmp, Const, Expr, IterVar, Load, Logic, Reduce, Select, Var, children, is_float
+from farm.te.expr import (
+    BinOp,
+    Call,
+    Cast,
+    Cmp,
+    Const,
+    Expr,
+    IterVar,
+    Load,
+    Logic,
+    Reduce,
+    Select,
+    Var,
+    children,
+    is_float,
+)
 
 
 class Buffer:
@@ -112,7 +127,22 @@ def walk_stmts(s: Stmt):  # type: ignore[no-untyped-def]
 
 # --- printing ----------------------------------------------------------------
 
-_PREC = {"||": 1, "&&": 2, "<": 3, "<=": 3, ">": 3, ">=": 3, "==": 3, "!=": 3, "+": 4, "-": 4, "*": 5, "/": 5, "//": 5, "%": 5}
+_PREC = {
+    "||": 1,
+    "&&": 2,
+    "<": 3,
+    "<=": 3,
+    ">": 3,
+    ">=": 3,
+    "==": 3,
+    "!=": 3,
+    "+": 4,
+    "-": 4,
+    "*": 5,
+    "/": 5,
+    "//": 5,
+    "%": 5,
+}
 
 
 def expr_str(e: Expr, prec: int = 0) -> str:
@@ -170,7 +200,9 @@ def stmt_str(s: Stmt, indent: int = 0) -> str:
         return out
     if isinstance(s, Allocate):
         b = s.buffer
-        return f"{pad}allocate {b.name}: {b.dtype}[{', '.join(map(str, b.shape))}], {b.scope}\n" + stmt_str(s.body, indent)
+        return f"{pad}allocate {b.name}: {b.dtype}[{', '.join(map(str, b.shape))}], {b.scope}\n" + stmt_str(
+            s.body, indent
+        )
     return f"{pad}{s!r}\n"
 
 

@@ -9,14 +9,29 @@ correct without special cases.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 from farm.compiler import arith
-from farm.errors import LowerError
-from farm.te.schedule import Schedule, Split, Stage
-from farm.te.expr import BinOp, Cmp, Const, Expr, IterVar, Load, Logic, Reduce, Var, free_vars, is_float, substitute, transform, walk
-from farm.te.tensor import PlaceholderOp, Tensor
 from farm.compiler.ir import Allocate, Block, Buffer, BufferLoad, For, IfThenElse, PrimFunc, Stmt, Store
+from farm.errors import LowerError
+from farm.te.expr import (
+    BinOp,
+    Cmp,
+    Const,
+    Expr,
+    IterVar,
+    Load,
+    Logic,
+    Reduce,
+    Var,
+    free_vars,
+    is_float,
+    substitute,
+    transform,
+    walk,
+)
+from farm.te.schedule import Schedule, Split, Stage
+from farm.te.tensor import PlaceholderOp, Tensor
 
 Region = list[tuple[Expr, int]]
 
@@ -68,7 +83,9 @@ class _Lowerer:
         for st in self.sch.stages:
             for e in walk(st.body):
                 if isinstance(e, Load) and isinstance(e.tensor.op, PlaceholderOp) and id(e.tensor) not in self.buffers:
-                    raise LowerError(f"stage {st.name} reads placeholder {e.tensor.name}, which is not a build argument")
+                    raise LowerError(
+                        f"stage {st.name} reads placeholder {e.tensor.name}, which is not a build argument"
+                    )
         return params
 
     def _inline(self) -> None:
@@ -100,7 +117,9 @@ class _Lowerer:
                 if order[id(parent)] < order[id(st)]:
                     raise LowerError(f"stage {st.name} is attached to {parent.name}, which does not consume it")
                 if not any(x is st.attach_ivar for x in parent.leaf):
-                    raise LowerError(f"stage {st.name} is attached at {st.attach_ivar.name}, no longer a loop of {parent.name}")
+                    raise LowerError(
+                        f"stage {st.name} is attached at {st.attach_ivar.name}, no longer a loop of {parent.name}"
+                    )
                 self.children.setdefault((id(parent), id(st.attach_ivar)), []).append(st)
             elif st.attach == "root":
                 roots.append(st)
@@ -212,7 +231,9 @@ class _Lowerer:
             if body.where is not None:
                 red_conds.append(self._rewrite_loads(body.where, st))
             init = guarded(Store(out, idx, _identity(body.combiner, body.dtype)), data_guards)
-            update = guarded(Store(out, idx, _combine(body.combiner, BufferLoad(out, idx), src)), data_guards, red_conds)
+            update = guarded(
+                Store(out, idx, _combine(body.combiner, BufferLoad(out, idx), src)), data_guards, red_conds
+            )
             p = next((n for n, v in enumerate(st.leaf) if v.kind == "reduce"), len(st.leaf))
             init_nest = wrap([v for v in st.leaf[p:] if v.kind == "data"], init, attach=False)
             upd_nest = wrap(st.leaf[p:], update, attach=True)

@@ -28,10 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from farm.records.artifact import Artifact
 from farm.errors import FarmError
 from farm.log import LogRecord, load_log
 from farm.log.query import best, matches
+from farm.records.artifact import Artifact
 
 log = logging.getLogger(__name__)
 
@@ -95,10 +95,9 @@ def rebuild(record: LogRecord) -> Any:
 def check_on_host(artifact: Artifact, seed: int = 0, rtol: float = 1e-4) -> bool:
     """Run the kernel here against the workload reference; False if it cannot run here.
     Raises ExportError on a wrong answer: exporting it would ship a broken kernel."""
-    from farm.runtime.loader import LoadedKernel
-    from farm.runtime.buffers import compare, seeded_inputs
     from devices.cpu import reference_outputs
-
+    from farm.runtime.buffers import compare, seeded_inputs
+    from farm.runtime.loader import LoadedKernel
     from farm.target import Target
 
     if artifact.kind != "object" or not Target.parse(artifact.target).runs_on_host():

@@ -46,7 +46,7 @@ class ArgSpec:
         return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype, "role": self.role}
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "ArgSpec":
+    def from_json(cls, d: dict[str, Any]) -> ArgSpec:
         role = str(d["role"])
         if role not in ("in", "out"):
             raise LoadError(f"argument role must be 'in' or 'out', got {role!r}")
@@ -96,7 +96,7 @@ class Artifact:
         return d
 
     @classmethod
-    def from_header(cls, header: dict[str, Any], code: bytes) -> "Artifact":
+    def from_header(cls, header: dict[str, Any], code: bytes) -> Artifact:
         """Rebuild from a header and the code bytes; refuses a wrong size or hash."""
         try:
             if int(header["code_size"]) != len(code):
@@ -129,7 +129,7 @@ class Artifact:
         return d
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "Artifact":
+    def from_json(cls, d: dict[str, Any]) -> Artifact:
         try:
             code = base64.b64decode(d["code_b64"], validate=True)
         except (KeyError, ValueError) as e:

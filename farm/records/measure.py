@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import enum
 import statistics
-from dataclasses import dataclass, field, asdict
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 SCHEMA_VERSION = 1
@@ -55,7 +55,7 @@ class RunOptions:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "RunOptions":
+    def from_json(cls, d: dict[str, Any]) -> RunOptions:
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in d.items() if k in known})
 
@@ -104,7 +104,7 @@ class MeasureResult:
         }
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "MeasureResult":
+    def from_json(cls, d: dict[str, Any]) -> MeasureResult:
         return cls(
             outcome=Outcome(d["outcome"]),
             costs=tuple(float(c) for c in d.get("costs", ())),
@@ -119,5 +119,5 @@ class MeasureResult:
         )
 
     @classmethod
-    def error(cls, outcome: Outcome, message: str, **kw: Any) -> "MeasureResult":
+    def error(cls, outcome: Outcome, message: str, **kw: Any) -> MeasureResult:
         return cls(outcome=outcome, message=message, **kw)

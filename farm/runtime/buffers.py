@@ -1,7 +1,8 @@
 """Kernel buffers: argument checks, aligned arrays, seeded inputs and the output comparison."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 

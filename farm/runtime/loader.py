@@ -6,10 +6,11 @@ CPU device backend; it imports neither.
 from __future__ import annotations
 
 import ctypes
-import os
 import logging
+import os
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -62,7 +63,9 @@ class LoadedKernel:
     def _argv(self, arrays: Sequence[np.ndarray]) -> Any:
         specs = self.artifact.args
         if len(arrays) != len(specs):
-            raise ArgumentError(f"kernel takes {len(specs)} arrays ({', '.join(s.name for s in specs)}), got {len(arrays)}")
+            raise ArgumentError(
+                f"kernel takes {len(specs)} arrays ({', '.join(s.name for s in specs)}), got {len(arrays)}"
+            )
         for a, s in zip(arrays, specs):
             check_array(a, s)
         argv = (ctypes.c_void_p * len(arrays))(*[a.ctypes.data for a in arrays])

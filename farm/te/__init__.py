@@ -1,6 +1,40 @@
 """farm.te: the tensor-expression language (TVM's te, in spirit and names)."""
-from farm.te.expr import Expr, Var, IterVar, Const, Load, Reduce, Select, Call, Cast, BinOp, Cmp, Logic, sum, max, min, select, if_then_else, equal, not_equal, all_of, any_of, logical_not, maximum, minimum, exp, sqrt, log, tanh, abs, sigmoid, floor, ceil, const
-from farm.te.tensor import Tensor, Operation, PlaceholderOp, ComputeOp, placeholder, compute, reduce_axis  # noqa: F401
+from farm.te.expr import (
+    BinOp,
+    Call,
+    Cast,
+    Cmp,
+    Const,
+    Expr,
+    IterVar,
+    Load,
+    Logic,
+    Reduce,
+    Select,
+    Var,
+    abs,
+    all_of,
+    any_of,
+    ceil,
+    const,
+    equal,
+    exp,
+    floor,
+    if_then_else,
+    log,
+    logical_not,
+    max,
+    maximum,
+    min,
+    minimum,
+    not_equal,
+    select,
+    sigmoid,
+    sqrt,
+    sum,
+    tanh,
+)
+from farm.te.tensor import ComputeOp, Operation, PlaceholderOp, Tensor, compute, placeholder, reduce_axis  # noqa: F401
 
 
 def create_schedule(ops):  # type: ignore[no-untyped-def]

@@ -6,7 +6,8 @@ constants of the other operand's type.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Sequence, Union
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Union
 
 FLOAT_TYPES = ("float16", "float32", "float64")
 INT_TYPES = ("int8", "int16", "int32", "int64", "uint8", "bool")
@@ -31,13 +32,13 @@ def _promote(a: str, b: str) -> str:
     return a if order.index(a) % 10 >= order.index(b) % 10 else b
 
 
-def const(value: Any, dtype: str | None = None) -> "Const":
+def const(value: Any, dtype: str | None = None) -> Const:
     if dtype is None:
         dtype = "int32" if isinstance(value, (bool, int)) else "float32"
     return Const(value, dtype)
 
 
-def as_expr(x: ExprLike, like: "Expr | None" = None) -> "Expr":
+def as_expr(x: ExprLike, like: Expr | None = None) -> Expr:
     if isinstance(x, Expr):
         return x
     if isinstance(x, bool):
@@ -51,7 +52,7 @@ def as_expr(x: ExprLike, like: "Expr | None" = None) -> "Expr":
     raise TypeError(f"cannot use {type(x).__name__} {x!r} in a tensor expression")
 
 
-def _bin(op: str, a: ExprLike, b: ExprLike) -> "Expr":
+def _bin(op: str, a: ExprLike, b: ExprLike) -> Expr:
     ea = as_expr(a, b if isinstance(b, Expr) else None)
     eb = as_expr(b, ea)
     ea = as_expr(a, eb)
@@ -65,58 +66,58 @@ class Expr:
 
     __hash__ = object.__hash__
 
-    def __add__(self, o: ExprLike) -> "Expr":
+    def __add__(self, o: ExprLike) -> Expr:
         return _bin("+", self, o)
 
-    def __radd__(self, o: ExprLike) -> "Expr":
+    def __radd__(self, o: ExprLike) -> Expr:
         return _bin("+", o, self)
 
-    def __sub__(self, o: ExprLike) -> "Expr":
+    def __sub__(self, o: ExprLike) -> Expr:
         return _bin("-", self, o)
 
-    def __rsub__(self, o: ExprLike) -> "Expr":
+    def __rsub__(self, o: ExprLike) -> Expr:
         return _bin("-", o, self)
 
-    def __mul__(self, o: ExprLike) -> "Expr":
+    def __mul__(self, o: ExprLike) -> Expr:
         return _bin("*", self, o)
 
-    def __rmul__(self, o: ExprLike) -> "Expr":
+    def __rmul__(self, o: ExprLike) -> Expr:
         return _bin("*", o, self)
 
-    def __truediv__(self, o: ExprLike) -> "Expr":
+    def __truediv__(self, o: ExprLike) -> Expr:
         return _bin("/", self, o)
 
-    def __rtruediv__(self, o: ExprLike) -> "Expr":
+    def __rtruediv__(self, o: ExprLike) -> Expr:
         return _bin("/", o, self)
 
-    def __floordiv__(self, o: ExprLike) -> "Expr":
+    def __floordiv__(self, o: ExprLike) -> Expr:
         return _bin("//", self, o)
 
-    def __rfloordiv__(self, o: ExprLike) -> "Expr":
+    def __rfloordiv__(self, o: ExprLike) -> Expr:
         return _bin("//", o, self)
 
-    def __mod__(self, o: ExprLike) -> "Expr":
+    def __mod__(self, o: ExprLike) -> Expr:
         return _bin("%", self, o)
 
-    def __neg__(self) -> "Expr":
+    def __neg__(self) -> Expr:
         return _bin("-", as_expr(0, self), self)
 
-    def __lt__(self, o: ExprLike) -> "Expr":
+    def __lt__(self, o: ExprLike) -> Expr:
         return Cmp("<", self, as_expr(o, self))
 
-    def __le__(self, o: ExprLike) -> "Expr":
+    def __le__(self, o: ExprLike) -> Expr:
         return Cmp("<=", self, as_expr(o, self))
 
-    def __gt__(self, o: ExprLike) -> "Expr":
+    def __gt__(self, o: ExprLike) -> Expr:
         return Cmp(">", self, as_expr(o, self))
 
-    def __ge__(self, o: ExprLike) -> "Expr":
+    def __ge__(self, o: ExprLike) -> Expr:
         return Cmp(">=", self, as_expr(o, self))
 
     def __bool__(self) -> bool:
         raise TypeError("a tensor expression has no truth value; use te.select / te.all_of")
 
-    def astype(self, dtype: str) -> "Expr":
+    def astype(self, dtype: str) -> Expr:
         return Cast(dtype, self)
 
 

@@ -6,8 +6,8 @@ compute are independent.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence, Union
 
 from farm.errors import ScheduleError
 from farm.te.expr import Expr, IterVar, Load, Reduce, substitute, transform, walk
@@ -40,7 +40,7 @@ def _ceildiv(a: int, b: int) -> int:
 class Stage:
     """The schedule of one compute operation."""
 
-    def __init__(self, op: ComputeOp, schedule: "Schedule") -> None:
+    def __init__(self, op: ComputeOp, schedule: Schedule) -> None:
         self.op = op
         self.schedule = schedule
         self.tensor: Tensor = op.output
@@ -91,7 +91,9 @@ class Stage:
             raise ScheduleError(f"split of {parent.name} on {self.name}: give exactly one of factor= and nparts=")
         k = factor if factor is not None else nparts
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-            raise ScheduleError(f"split of {parent.name} on {self.name}: factor/nparts must be a positive int, got {k!r}")
+            raise ScheduleError(
+                f"split of {parent.name} on {self.name}: factor/nparts must be a positive int, got {k!r}"
+            )
         ext = parent.extent
         inner_ext = min(k, ext) if factor is not None else _ceildiv(ext, min(k, ext))
         outer = IterVar(f"{parent.name}.outer", _ceildiv(ext, inner_ext), parent.kind)
@@ -171,7 +173,7 @@ class Stage:
             self.annotations[new] = self.annotations.pop(old)
 
     # --- attachment ----------------------------------------------------------
-    def compute_at(self, parent: "Stage", ivar: IterVar) -> None:
+    def compute_at(self, parent: Stage, ivar: IterVar) -> None:
         """Compute this stage inside ``parent``'s loop ``ivar``, over the region it needs there."""
         if not isinstance(parent, Stage):
             parent = self.schedule[parent]
@@ -222,7 +224,7 @@ class Schedule:
                 raise ScheduleError(f"create_schedule: {getattr(op, 'name', op)!r} is not a compute operation")
             visit(op)
 
-    def __getitem__(self, key: Union[Tensor, Operation, Stage]) -> Stage:
+    def __getitem__(self, key: Tensor | Operation | Stage) -> Stage:
         if isinstance(key, Stage):
             return key
         op = key.op if isinstance(key, Tensor) else key
@@ -264,7 +266,7 @@ class Schedule:
         st.leaf = list(st.axis)
         return cache_op.output
 
-    def cache_read(self, tensor: Tensor, scope: str, readers: Sequence[Union[Tensor, Stage]]) -> Tensor:
+    def cache_read(self, tensor: Tensor, scope: str, readers: Sequence[Tensor | Stage]) -> Tensor:
         """Copy ``tensor`` into a stage of ``scope`` that ``readers`` read instead."""
         if scope not in SCOPES:
             raise ScheduleError(f"cache_read of {tensor.name}: unknown scope {scope!r}")
@@ -286,7 +288,7 @@ class Schedule:
         return op.output
 
 
-def create_schedule(ops: Union[Operation, Sequence[Operation]]) -> Schedule:
+def create_schedule(ops: Operation | Sequence[Operation]) -> Schedule:
     """A default schedule (naive loop nests) for the given output operation(s)."""
     if isinstance(ops, Operation):
         ops = [ops]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import inspect
 import itertools
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from farm.te.expr import ALL_TYPES, Expr, IterVar, Load, Reduce, as_expr, walk
 
@@ -12,10 +12,10 @@ _ids = itertools.count()
 
 class Operation:
     name: str
-    output: "Tensor"
+    output: Tensor
 
     @property
-    def input_tensors(self) -> list["Tensor"]:
+    def input_tensors(self) -> list[Tensor]:
         return []
 
 
@@ -37,7 +37,7 @@ class ComputeOp(Operation):
         self.output = Tensor(tuple(a.extent for a in axis), dtype, self, name)
 
     @property
-    def input_tensors(self) -> list["Tensor"]:
+    def input_tensors(self) -> list[Tensor]:
         seen: dict[int, Tensor] = {}
         for e in walk(self.body):
             if isinstance(e, Load):

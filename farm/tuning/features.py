@@ -35,11 +35,11 @@ from typing import Any
 import numpy as np
 
 from farm.compiler import arith
-from farm.errors import FarmError
+from farm.compiler.ir import Allocate, Block, BufferLoad, For, IfThenElse, PrimFunc, Stmt, Store
 from farm.compiler.lowering import lower
+from farm.errors import FarmError
 from farm.target import Target
 from farm.te.expr import Expr, Var, walk
-from farm.compiler.ir import Allocate, Block, BufferLoad, For, IfThenElse, PrimFunc, Stmt, Store
 
 log = logging.getLogger(__name__)
 

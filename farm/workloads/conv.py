@@ -7,16 +7,16 @@ pads the input once at root (or inline, a knob).
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from farm import te
 from farm.errors import ConfigError
-from farm.te.schedule import Schedule
 from farm.target import Target
+from farm.te.schedule import Schedule
 from farm.te.tensor import Tensor
 from farm.workloads import references
 from farm.workloads.registry import Workload, register
-
 
 out_size = references.conv_out_size
 
@@ -59,7 +59,9 @@ def _conv_template(cfg: Any, args: Sequence[int], target: Target) -> tuple[Sched
     rx = te.reduce_axis((0, r), name="rx")
     out = te.compute(
         (n, k, oh, ow),
-        lambda b, f, y, x: te.sum(padded[b, rc, y * stride + ry, x * stride + rx] * weight[f, rc, ry, rx], axis=[rc, ry, rx]),
+        lambda b, f, y, x: te.sum(
+            padded[b, rc, y * stride + ry, x * stride + rx] * weight[f, rc, ry, rx], axis=[rc, ry, rx]
+        ),
         name="conv",
     )
     s = te.create_schedule(out.op)
@@ -121,7 +123,9 @@ def _depthwise_template(cfg: Any, args: Sequence[int], target: Target) -> tuple[
     rx = te.reduce_axis((0, r), name="rx")
     out = te.compute(
         (n, c, oh, ow),
-        lambda b, ch, y, x: te.sum(padded[b, ch, y * stride + ry, x * stride + rx] * weight[ch, 0, ry, rx], axis=[ry, rx]),
+        lambda b, ch, y, x: te.sum(
+            padded[b, ch, y * stride + ry, x * stride + rx] * weight[ch, 0, ry, rx], axis=[ry, rx]
+        ),
         name="dwconv",
     )
     s = te.create_schedule(out.op)
@@ -163,17 +167,33 @@ def _check_conv(names: Sequence[str], hw: tuple[int, int], r_i: int, s_i: int, p
 
 
 _CONV_P = ("N", "C", "H", "W", "K", "R", "stride", "pad")
-register(Workload(
-    name="conv2d", params=_CONV_P, template=_conv_template, reference=references.conv2d,
-    flops=lambda a: 2.0 * a[0] * a[4] * out_size(a[2], a[5], a[6], a[7]) * out_size(a[3], a[5], a[6], a[7]) * a[1] * a[5] * a[5],
-    example=(1, 64, 56, 56, 64, 3, 1, 1), doc="NCHW conv2d: out[N,K,OH,OW], weight[K,C,R,R]",
-    validate=_check_conv(_CONV_P, (2, 3), 5, 6, 7),
-))
+register(
+    Workload(
+        name="conv2d",
+        params=_CONV_P,
+        template=_conv_template,
+        reference=references.conv2d,
+        flops=lambda a: (
+            2.0 * a[0] * a[4] * out_size(a[2], a[5], a[6], a[7]) * out_size(a[3], a[5], a[6], a[7]) * a[1] * a[5] * a[5]
+        ),
+        example=(1, 64, 56, 56, 64, 3, 1, 1),
+        doc="NCHW conv2d: out[N,K,OH,OW], weight[K,C,R,R]",
+        validate=_check_conv(_CONV_P, (2, 3), 5, 6, 7),
+    )
+)
 
 _DW_P = ("N", "C", "H", "W", "R", "stride", "pad")
-register(Workload(
-    name="depthwise_conv2d", params=_DW_P, template=_depthwise_template, reference=references.depthwise_conv2d,
-    flops=lambda a: 2.0 * a[0] * a[1] * out_size(a[2], a[4], a[5], a[6]) * out_size(a[3], a[4], a[5], a[6]) * a[4] * a[4],
-    example=(1, 64, 56, 56, 3, 1, 1), doc="NCHW depthwise conv2d, multiplier 1: weight[C,1,R,R]",
-    validate=_check_conv(_DW_P, (2, 3), 4, 5, 6),
-))
+register(
+    Workload(
+        name="depthwise_conv2d",
+        params=_DW_P,
+        template=_depthwise_template,
+        reference=references.depthwise_conv2d,
+        flops=lambda a: (
+            2.0 * a[0] * a[1] * out_size(a[2], a[4], a[5], a[6]) * out_size(a[3], a[4], a[5], a[6]) * a[4] * a[4]
+        ),
+        example=(1, 64, 56, 56, 3, 1, 1),
+        doc="NCHW depthwise conv2d, multiplier 1: weight[C,1,R,R]",
+        validate=_check_conv(_DW_P, (2, 3), 4, 5, 6),
+    )
+)

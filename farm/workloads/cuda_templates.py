@@ -23,14 +23,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from farm import te
-from farm.te.schedule import Schedule, Stage
 from farm.target import Target
 from farm.te.expr import IterVar
+from farm.te.schedule import Schedule, Stage
 from farm.te.tensor import Tensor
 from farm.workloads import conv, gemm  # noqa: F401  (registers the CPU workloads this extends)
-from farm.workloads.registry import _REGISTRY, register
 from farm.workloads import conv as _conv
 from farm.workloads.conv import out_size
+from farm.workloads.registry import _REGISTRY, register
 
 _THREAD_AXES = ("threadIdx.z", "threadIdx.y", "threadIdx.x")
 

@@ -16,12 +16,13 @@ they existed still name the same configs.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from farm import te
 from farm.errors import ConfigError
-from farm.te.schedule import Schedule
 from farm.target import Target
+from farm.te.schedule import Schedule
 from farm.te.tensor import Tensor
 from farm.workloads import references
 from farm.workloads.registry import Workload, register
@@ -109,7 +110,9 @@ def schedule_gemm(cfg: Any, s: Schedule, acc: Tensor, out: Tensor, bp: Tensor | 
         sp.parallel(sp.fuse(*blead, pj) if blead else pj)
 
 
-def _gemm(cfg: Any, bt: int | None, m: int, n: int, k: int, target: Target, epilogue: bool) -> tuple[Schedule, list[Tensor]]:
+def _gemm(
+    cfg: Any, bt: int | None, m: int, n: int, k: int, target: Target, epilogue: bool
+) -> tuple[Schedule, list[Tensor]]:
     define_gemm_space(cfg, m, n, k, target)
     nr = cfg["tile_j"].size[-1]
     batch = bt is not None
@@ -119,7 +122,9 @@ def _gemm(cfg: Any, bt: int | None, m: int, n: int, k: int, target: Target, epil
     bp = packed_b(b, nr, batch) if cfg["pack_b"] else None
     if batch:
         if bp is not None:
-            c = te.compute((bt, m, n), lambda q, i, j: te.sum(a[q, i, kk] * bp[q, j // nr, kk, j % nr], axis=kk), name="C")
+            c = te.compute(
+                (bt, m, n), lambda q, i, j: te.sum(a[q, i, kk] * bp[q, j // nr, kk, j % nr], axis=kk), name="C"
+            )
         else:
             c = te.compute((bt, m, n), lambda q, i, j: te.sum(a[q, i, kk] * b[q, kk, j], axis=kk), name="C")
     elif bp is not None:

@@ -7,16 +7,17 @@ instantiated with one config gives the schedule to build.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
 from farm.errors import ConfigError
-from farm.te.schedule import Schedule
-from farm.workloads.space import ConfigEntity, ConfigSpace
 from farm.target import Target
+from farm.te.schedule import Schedule
 from farm.te.tensor import Tensor
+from farm.workloads.space import ConfigEntity, ConfigSpace
 
 Template = Callable[[Any, Sequence[int], Target], tuple[Schedule, list[Tensor]]]
 
@@ -56,7 +57,9 @@ class Workload:
         self.template_for(tgt)(sp, self.check_args(args), tgt)
         return sp
 
-    def instantiate(self, args: Sequence[int], config: ConfigEntity, target: str | Target) -> tuple[Schedule, list[Tensor]]:
+    def instantiate(
+        self, args: Sequence[int], config: ConfigEntity, target: str | Target
+    ) -> tuple[Schedule, list[Tensor]]:
         tgt = Target.parse(target)
         return self.template_for(tgt)(config, self.check_args(args), tgt)
 
@@ -85,8 +88,11 @@ def list_workloads() -> list[Workload]:
 
 
 def _load_builtin() -> None:
-    from farm.workloads import conv, gemm  # noqa: F401  (registration side effect)
-    from farm.workloads import cuda_templates  # noqa: F401  (attaches CUDA templates to the above)
+    from farm.workloads import (  # noqa: F401  (registration side effect)
+        conv,
+        cuda_templates,  # noqa: F401  (attaches CUDA templates to the above)
+        gemm,
+    )
 
 
 def parse_shape(text: str | Sequence[int]) -> tuple[int, ...]:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from farm.errors import ConfigError, ScheduleError
 from farm.te.expr import IterVar
@@ -42,7 +43,9 @@ class Knob:
         self.name, self.kind, self.options = name, kind, list(options)
 
     def encode(self, value: Any) -> Any:
-        return value.to_json() if isinstance(value, SplitEntity) else (list(value) if isinstance(value, tuple) else value)
+        return (
+            value.to_json() if isinstance(value, SplitEntity) else (list(value) if isinstance(value, tuple) else value)
+        )
 
     def find(self, raw: Any) -> int:
         for n, opt in enumerate(self.options):
@@ -53,7 +56,9 @@ class Knob:
         raise ConfigError(f"knob {self.name!r}: {json.dumps(raw)} is not one of its options [{shown}{more}]")
 
 
-def _split_options(extent: int, levels: int, candidates: Sequence[Sequence[int]] | None, max_inner: int | None) -> list[SplitEntity]:
+def _split_options(
+    extent: int, levels: int, candidates: Sequence[Sequence[int]] | None, max_inner: int | None
+) -> list[SplitEntity]:
     """Inner factors per level from ``candidates`` (default: powers of two and
     divisors), keeping the inner product within the extent."""
     def default_cands() -> list[int]:
@@ -113,7 +118,7 @@ class ConfigSpace:
             n *= len(k.options)
         return n
 
-    def get(self, index: int) -> "ConfigEntity":
+    def get(self, index: int) -> ConfigEntity:
         if not 0 <= index < len(self):
             raise ConfigError(f"config index {index} is outside the space (0..{len(self) - 1})")
         vals: dict[str, Any] = {}
@@ -141,7 +146,7 @@ class ConfigSpace:
                 pass  # knobs this template no longer has: fall back to the index
         return int(index)
 
-    def from_json(self, data: Any) -> "ConfigEntity":
+    def from_json(self, data: Any) -> ConfigEntity:
         """From {"index": i} or {"knobs": {...}} (as ConfigEntity.to_json writes)."""
         if isinstance(data, str):
             try:
@@ -165,7 +170,7 @@ class ConfigSpace:
         choice = {name: self.knobs[name].find(raw) for name, raw in knobs.items()}
         return self.get(self.index_of(choice))
 
-    def __iter__(self) -> Iterator["ConfigEntity"]:
+    def __iter__(self) -> Iterator[ConfigEntity]:
         for i in range(len(self)):
             yield self.get(i)
 

@@ -99,7 +99,9 @@ def _pending(farm: LocalFarm, client: Any) -> int:
     return int(client.summary()["keys"].get("local", {}).get("pending", 0))
 
 
-def _wait_pending(farm: LocalFarm, client: Any, n: int, procs: list[subprocess.Popen[str]], timeout: float = 300) -> None:
+def _wait_pending(
+    farm: LocalFarm, client: Any, n: int, procs: list[subprocess.Popen[str]], timeout: float = 300
+) -> None:
     deadline = time.monotonic() + timeout
     while _pending(farm, client) < n:
         for p in procs:

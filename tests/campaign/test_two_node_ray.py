@@ -76,5 +76,11 @@ def test_campaign_builds_on_both_nodes(two_node_cluster, tmp_path: Path) -> None
     assert all(n >= 1 for n in summary["build_nodes"].values())
     recs = [json.loads(x) for x in log.read_text().splitlines()]
     assert len(recs) == 20
-    assert {r["result"]["outcome"] for r in recs} <= {"OK", "COMPILE_ERROR", "WRONG_ANSWER", "RUNTIME_ERROR", "RUN_TIMEOUT"}
+    assert {r["result"]["outcome"] for r in recs} <= {
+        "OK",
+        "COMPILE_ERROR",
+        "WRONG_ANSWER",
+        "RUNTIME_ERROR",
+        "RUN_TIMEOUT",
+    }
     assert all(t["best_gflops"] > 0 for t in summary["tasks"])

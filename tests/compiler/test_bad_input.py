@@ -117,7 +117,9 @@ def test_bad_configs_and_shapes() -> None:
 
 def test_cross_target_module_is_not_callable_here() -> None:
     a, b, c = _mm()
-    mod = farm.build(te.create_schedule(c.op), [a, b, c], target="llvm -mtriple=aarch64-linux-gnu -mcpu=generic -mattr=+neon")
+    mod = farm.build(
+        te.create_schedule(c.op), [a, b, c], target="llvm -mtriple=aarch64-linux-gnu -mcpu=generic -mattr=+neon"
+    )
     assert mod.artifact.code[:4] == b"\x7fELF"
     with pytest.raises(ArgumentError, match="does not run on this host"):
         mod(*[np.zeros((8, 8), "float32")] * 3)

@@ -6,8 +6,8 @@ import random
 import numpy as np
 import pytest
 
-from farm.runtime.buffers import compare, seeded_inputs
 from devices.cpu import reference_outputs
+from farm.runtime.buffers import compare, seeded_inputs
 from farm.workloads.registry import build_workload, get_workload
 
 CASES = [
@@ -82,9 +82,9 @@ def test_panel_outer_packing_matches_numpy(name: str, args: tuple[int, ...], par
 
 def test_panel_buffer_is_one_panel_set() -> None:
     """The per-thread packed buffer covers the panels of one column tile, not all of B."""
+    from farm.compiler.ir import Allocate, walk_stmts
     from farm.compiler.lowering import lower
     from farm.target import Target
-    from farm.compiler.ir import Allocate, walk_stmts
 
     wl = get_workload("dense_bias_relu")
     tgt = Target.parse("llvm -mcpu=native")

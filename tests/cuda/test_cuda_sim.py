@@ -16,10 +16,10 @@ TARGET = "cuda -arch=sm_80"
 
 
 def _run_sim(name: str, shape: Sequence[int], idx: Any) -> str | None:
-    from farm.runtime.buffers import compare, seeded_inputs
-    from farm.records.artifact import ArgSpec
     from farm.compiler.codegen.gpu_lower import analyze_launch, lower_gpu
     from farm.compiler.codegen.gpu_sim import simulate
+    from farm.records.artifact import ArgSpec
+    from farm.runtime.buffers import compare, seeded_inputs
     from farm.workloads.registry import get_workload, resolve_config
 
     wl = get_workload(name)
@@ -74,7 +74,9 @@ def test_shared_tiles_are_sized_for_the_block() -> None:
     from farm.workloads.registry import get_workload, resolve_config
 
     wl = get_workload("matmul")
-    cfg = resolve_config(wl.space((64, 64, 64), TARGET), '{"knobs": {"tile_i": [-1, 8, 4], "tile_j": [-1, 4, 2], "tile_k": [-1, 8]}}')
+    cfg = resolve_config(
+        wl.space((64, 64, 64), TARGET), '{"knobs": {"tile_i": [-1, 8, 4], "tile_j": [-1, 4, 2], "tile_k": [-1, 8]}}'
+    )
     sch, ts = wl.instantiate((64, 64, 64), cfg, TARGET)
     shapes = {s.buffer.name: s.buffer.shape for s in walk_stmts(lower_gpu(sch, ts).body) if isinstance(s, Allocate)}
     assert shapes == {"C.local": (4, 2), "A.shared": (32, 8), "B.shared": (8, 8)}

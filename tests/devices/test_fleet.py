@@ -5,14 +5,14 @@ from __future__ import annotations
 import socket
 import stat
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 from devices.fleet.supervisor import Fleet, FleetResult, down, statuses
-from devices.registry import FleetSpec, parse_fleet
 from devices.fleet.tunnel import ReverseForward
+from devices.registry import FleetSpec, parse_fleet
 from tests.support import procs
 from tests.support.armroot import ArmRoot
 from tests.support.sshd import SshEndpoint, free_port

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from farm.cli import devices as cli
 from devices.registry import DeviceConfigError, FleetSpec, load_fleet, parse_fleet
 from devices.targetspec import TargetSyntaxError, parse_target
+from farm.cli import devices as cli
 from farm.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -83,11 +83,14 @@ def test_defaults_apply_where_they_fit(tmp_path: Path) -> None:
 
 
 def test_cuda_local_and_remote(tmp_path: Path) -> None:
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
         devices:
           - {name: g0, key: gpu, kind: cuda, gpu: 1}
           - {name: g1, key: gpu, kind: cuda, ssh_config: gpubox, target: "llvm -mtriple=nvptx64-nvidia-cuda -mcpu=sm_90"}
-    """)
+    """,
+    )
     g0, g1 = load_fleet(path).devices
     assert not g0.remote and g0.gpu == 1
     assert g1.remote and g1.ssh and g1.ssh.ssh_config == "gpubox" and g1.ssh.host is None

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from farm.records.artifact import Artifact
 from farm.cli.main import main
 from farm.export.kernel import EXPORT_FILES, ExportError, select_record
 from farm.log import LogRecord, LogWriter, load_log
+from farm.records.artifact import Artifact
 from farm.records.measure import MeasureResult, Outcome, RunOptions
 
 SHAPE = (48, 40, 32)  # M, N, K all different: a transposed kernel cannot pass

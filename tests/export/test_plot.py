@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from farm.cli.main import main
+from farm.export.plot import PlotError, plot_curves, tuning_curves, wants_log_scale
 from farm.log import LogRecord, write_log
 from farm.records.measure import MeasureResult, Outcome
-from farm.export.plot import PlotError, plot_curves, tuning_curves, wants_log_scale
 
 
 def _rec(index: int, gflops: float, device: str = "x86", workload: str = "matmul",

@@ -49,7 +49,9 @@ class FakeBackend:
         time.sleep(spec["sleep"])
         extra = {"pid": os.getpid(), "tag": spec["tag"], "started": started}
         if mode == "wrong":
-            return MeasureResult.error(Outcome.WRONG_ANSWER, "max abs error 1.0 at C[0]", flops=artifact.flops, extra=extra)
+            return MeasureResult.error(
+                Outcome.WRONG_ANSWER, "max abs error 1.0 at C[0]", flops=artifact.flops, extra=extra
+            )
         cost = max(spec["sleep"], 1e-6)
         return MeasureResult(Outcome.OK, costs=(cost,) * options.repeat, flops=artifact.flops, number=1,
                              checked=True, extra=extra)

@@ -74,8 +74,11 @@ def test_bad_artifacts_are_load_errors_never_loaded(farm: LocalFarm, good: Artif
     assert set(descendants(srv.pid)) == children, "a job child died: something was loaded"
     # uploads whose code does not match their header are refused at the tracker, before any device
     header = good.header()
-    for bad, code in (({**header, "hash": "0" * 64}, good.code), ({**header, "code_size": len(good.code) + 1}, good.code),
-                      (header, good.code[:-1])):
+    for bad, code in (
+        ({**header, "hash": "0" * 64}, good.code),
+        ({**header, "code_size": len(good.code) + 1}, good.code),
+        (header, good.code[:-1]),
+    ):
         with pytest.raises(BadRequest):
             client._run(client._async.call("submit", (code,), key=KEY, artifact=bad, options={}))
     assert run(dataclasses.replace(good, meta={"again": 1}))["outcome"] == "OK", "the device still serves"

@@ -34,7 +34,7 @@ def _closed_within(s: socket.socket, seconds: float) -> float:
             pass
     except ConnectionResetError:
         pass
-    except socket.timeout:
+    except TimeoutError:
         pytest.fail(f"tracker kept a bad connection open for {seconds}s")
     return time.monotonic() - t0
 
@@ -123,7 +123,6 @@ def test_cli_query_reports_missing_and_wrong_tokens(local_farm: LocalFarm):
 
 def test_bad_requests_answered_with_typed_errors(local_farm: LocalFarm):
     from rpc.errors import BadRequest, NoSuchLease
-
     from tests.rpc.fake_backend import fake_artifact
 
     c = local_farm.client()

@@ -9,7 +9,19 @@ import pytest
 
 from rpc import auth, codec
 from rpc.artifacts import ArtifactStore, checked_hash, content_hash
-from rpc.errors import AuthError, BadRequest, DeadlineExceeded, FrameTooLarge, KernelCrashed, ProtocolError, RemoteError, VersionMismatch, failure_for, from_wire, to_wire
+from rpc.errors import (
+    AuthError,
+    BadRequest,
+    DeadlineExceeded,
+    FrameTooLarge,
+    KernelCrashed,
+    ProtocolError,
+    RemoteError,
+    VersionMismatch,
+    failure_for,
+    from_wire,
+    to_wire,
+)
 from rpc.transport import Connection, parse_address, start_server
 
 

@@ -3,7 +3,17 @@ from __future__ import annotations
 
 import random
 
-from rpc.queue import DEVICE_LOST, Dispatch, DropDevice, JobDone, JobFailed, JobSpec, LeaseFailed, LeaseGranted, SchedulerQueue
+from rpc.queue import (
+    DEVICE_LOST,
+    Dispatch,
+    DropDevice,
+    JobDone,
+    JobFailed,
+    JobSpec,
+    LeaseFailed,
+    LeaseGranted,
+    SchedulerQueue,
+)
 
 OK = {"outcome": "OK", "costs": [0.001]}
 

@@ -7,7 +7,19 @@ from pathlib import Path
 
 import pytest
 
-from farm.log import LOG_SCHEMA_VERSION, LogError, LogRecord, LogWriter, best, best_per_task, history, load_log, measured_indices, top_k, write_log
+from farm.log import (
+    LOG_SCHEMA_VERSION,
+    LogError,
+    LogRecord,
+    LogWriter,
+    best,
+    best_per_task,
+    history,
+    load_log,
+    measured_indices,
+    top_k,
+    write_log,
+)
 from farm.records.measure import Outcome
 
 from .conftest import make_record

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from farm.tuning.features import DIM, FeatureExtractor, feature_names
 from farm.records.measure import Outcome
+from farm.tuning.features import DIM, FeatureExtractor, feature_names
 from farm.tuning.model import CostModel, TuneContext, evaluate, normalized_labels, ranking_quality
 
 from .conftest import FP, TARGET, make_record

@@ -26,7 +26,9 @@ def _drive(tuner: Any, f: Any, rounds: int, batch: int) -> list[int]:
 def test_no_duplicates_and_history_respected(name: str, small_space: Any) -> None:
     f = synthetic_speed(small_space)
     history = [make_record(i, f(i) or 1.0, knobs=small_space.get(i).to_json()["knobs"]) for i in range(0, 4000, 37)]
-    t = make_tuner(name, small_space, seed=3, context=CTX, **({"sa_steps": 10, "n_chains": 16} if name == "xgb" else {}))
+    t = make_tuner(
+        name, small_space, seed=3, context=CTX, **({"sa_steps": 10, "n_chains": 16} if name == "xgb" else {})
+    )
     assert t.load_history(history) == len(history)
     seen = _drive(t, f, rounds=6, batch=16)
     assert len(seen) == 96 and len(set(seen)) == 96
@@ -95,7 +97,9 @@ def test_transfer_guides_the_first_batch(small_space: Any) -> None:
     (no own measurement yet) is already far better than random's."""
     f = synthetic_speed(small_space)
     rng = np.random.default_rng(5)
-    src = [make_record(int(i), f(int(i)) or 1.0, device="dev-b") for i in rng.choice(len(small_space), 300, replace=False)]
+    src = [
+        make_record(int(i), f(int(i)) or 1.0, device="dev-b") for i in rng.choice(len(small_space), 300, replace=False)
+    ]
     means = {}
     for name, opts in (("random", {}), ("xgb", {"transfer": src, "sa_steps": 15, "n_chains": 32, "num_rounds": 60,
                                                 "eps": 0.0})):

@@ -7,13 +7,13 @@ fails, because ``.ci/setup_arm_root.sh`` is expected to have installed them.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 from .armroot import ArmRoot, ArmRootError, ensure_armroot, find_qemu
-from .sshd import SshEndpoint, SshdUnavailable, SshServer, find_sshd
+from .sshd import SshdUnavailable, SshEndpoint, SshServer, find_sshd
 
 __all__ = ["arm_root", "sshd_server", "sshd_endpoint"]
 

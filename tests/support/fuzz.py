@@ -83,7 +83,9 @@ def preauth_input(rng: random.Random) -> tuple[str, bytes]:
     if kind == 0:
         return "random", rng.randbytes(rng.choice([0, 1, 5, 11, 12, 13, 64, 500, 5000]))
     if kind == 1:
-        return "preamble+garbage", codec.MAGIC + struct.pack(">H", codec.FRAME_FORMAT) + rng.randbytes(rng.randint(0, 200))
+        return "preamble+garbage", codec.MAGIC + struct.pack(">H", codec.FRAME_FORMAT) + rng.randbytes(
+            rng.randint(0, 200)
+        )
     if kind == 2:
         big = rng.choice([4097, 1 << 20, 1 << 31, 0xFFFFFFFF])
         jl, bl = (big, rng.randint(0, 10)) if rng.random() < 0.5 else (rng.randint(1, 10), big)

@@ -121,7 +121,19 @@ def run_load(workdir: Path, *, devices: int = 64, clients: int = 4, duration_s: 
     finally:
         leaked = farm.close()
     ok = outcomes.get("OK", 0)
-    return LoadReport(devices=devices, clients=clients, duration_s=wall, jobs=len(lat), failed=sum(outcomes.values()) - ok,
-                      jobs_per_s=len(lat) / wall if wall else 0.0, p50_ms=1e3 * _pct(lat, 0.5),
-                      p99_ms=1e3 * _pct(lat, 0.99), tracker_cpu_s=cpu, tracker_rss_mb=rss, startup_s=startup,
-                      tracker_alive=alive, leaked=leaked, outcomes=outcomes)
+    return LoadReport(
+        devices=devices,
+        clients=clients,
+        duration_s=wall,
+        jobs=len(lat),
+        failed=sum(outcomes.values()) - ok,
+        jobs_per_s=len(lat) / wall if wall else 0.0,
+        p50_ms=1e3 * _pct(lat, 0.5),
+        p99_ms=1e3 * _pct(lat, 0.99),
+        tracker_cpu_s=cpu,
+        tracker_rss_mb=rss,
+        startup_s=startup,
+        tracker_alive=alive,
+        leaked=leaked,
+        outcomes=outcomes,
+    )

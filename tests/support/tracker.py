@@ -60,7 +60,7 @@ class TrackerProcess:
             self.proc.stdout.close()
         self.proc = None
 
-    def __enter__(self) -> "TrackerProcess":
+    def __enter__(self) -> TrackerProcess:
         self.start()
         return self
 

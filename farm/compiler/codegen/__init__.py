@@ -5,9 +5,9 @@ import functools
 import logging
 from typing import Any
 
+from farm.compiler.ir import PrimFunc
 from farm.errors import CompileError
 from farm.target import Target, _llvm
-from farm.compiler.ir import PrimFunc
 
 log = logging.getLogger(__name__)
 

@@ -17,12 +17,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from farm.errors import CompileError
-from farm.compiler.lowering import _Lowerer
-from farm.te.schedule import Schedule
-from farm.te.expr import IterVar
-from farm.te.tensor import Tensor
 from farm.compiler.ir import Allocate, For, PrimFunc, Stmt, Store, walk_stmts
+from farm.compiler.lowering import _Lowerer
+from farm.errors import CompileError
+from farm.te.expr import IterVar
+from farm.te.schedule import Schedule
+from farm.te.tensor import Tensor
 
 # Hardware limits common to sm_70..sm_90; a target may lower them with options.
 MAX_THREADS_PER_BLOCK = 1024

@@ -25,10 +25,10 @@ from typing import Any
 
 import numpy as np
 
+from farm.compiler.codegen.gpu_lower import Launch, barrier_plan, writes_shared
+from farm.compiler.ir import Allocate, Block, Buffer, BufferLoad, For, IfThenElse, PrimFunc, Stmt, Store
 from farm.errors import CompileError
 from farm.te.expr import BinOp, Call, Cast, Cmp, Const, Expr, Logic, Select, Var, is_float
-from farm.compiler.ir import Allocate, Block, Buffer, BufferLoad, For, IfThenElse, PrimFunc, Stmt, Store
-from farm.compiler.codegen.gpu_lower import Launch, barrier_plan, writes_shared
 
 
 class SimulationError(AssertionError):
@@ -52,7 +52,9 @@ class _Block:
             raise SimulationError(f"thread {tid} reads shared {name}[{i}], outside its {len(arr)} elements")
         w = self.writer.get((key, i))
         if w is not None and w != tid:
-            raise SimulationError(f"race: thread {tid} reads shared {name}[{i}] written by thread {w} with no barrier between")
+            raise SimulationError(
+                f"race: thread {tid} reads shared {name}[{i}] written by thread {w} with no barrier between"
+            )
         self.readers.setdefault((key, i), set()).add(tid)
         return arr[i]
 
@@ -63,7 +65,9 @@ class _Block:
         others = self.readers.get((key, i), set()) - {tid}
         if (w is not None and w != tid) or others:
             who = w if w is not None and w != tid else min(others)
-            raise SimulationError(f"race: thread {tid} writes shared {name}[{i}] also used by thread {who} with no barrier between")
+            raise SimulationError(
+                f"race: thread {tid} writes shared {name}[{i}] also used by thread {who} with no barrier between"
+            )
         self.writer[(key, i)] = tid
         arr[i] = v
 
@@ -222,6 +226,7 @@ def simulate(func: PrimFunc, launch: Launch, arrays: Sequence[np.ndarray]) -> No
                             pass
                     if alive and len(alive) != len(gens):
                         raise SimulationError(
-                            f"block {(cx, cy, cz)}: {len(alive)} of {len(gens)} threads wait at a barrier the others never reach")
+                            f"block {(cx, cy, cz)}: {len(alive)} of {len(gens)} threads wait at a barrier the others never reach"
+                        )
                     blk.barrier()
                     gens = alive

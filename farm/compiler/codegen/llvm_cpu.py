@@ -16,10 +16,22 @@ from dataclasses import dataclass, field
 from llvmlite import ir
 
 from farm.compiler import arith
+from farm.compiler.codegen.runtime import BODY_TY, I8P, I32, I64, emit_entries, emit_runtime
+from farm.compiler.ir import (
+    Allocate,
+    Block,
+    Buffer,
+    BufferLoad,
+    For,
+    IfThenElse,
+    PrimFunc,
+    Stmt,
+    Store,
+    expr_children,
+    walk_stmts,
+)
 from farm.errors import CompileError
 from farm.te.expr import BinOp, Call, Cast, Cmp, Const, Expr, Logic, Select, Var, free_vars, is_float, substitute
-from farm.compiler.ir import Allocate, Block, Buffer, BufferLoad, For, IfThenElse, PrimFunc, Stmt, Store, expr_children, walk_stmts
-from farm.compiler.codegen.runtime import BODY_TY, I8P, I32, I64, emit_entries, emit_runtime
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +138,9 @@ class CpuCodegen:
         buf = s.buffer
         nbytes = buf.size * (ir_type(buf.dtype).width // 8 if isinstance(ir_type(buf.dtype), ir.IntType) else 4)
         if nbytes > ALLOCA_LIMIT:
-            raise CompileError(f"local buffer {buf.name} needs {nbytes} bytes; local tiles are limited to {ALLOCA_LIMIT}")
+            raise CompileError(
+                f"local buffer {buf.name} needs {nbytes} bytes; local tiles are limited to {ALLOCA_LIMIT}"
+            )
         ptr = self.ctx.alloca_builder.alloca(ir_type(buf.dtype), buf.size, name=buf.name)
         ptr.align = 64
         self.ctx.bufs[buf] = ptr
@@ -160,7 +174,9 @@ class CpuCodegen:
             # branching, but take an unmasked fast path when every lane passes,
             # which is all tiles but the last.
             if s.orelse is None and self.mask is None:
-                allv = self.b.call(self._intrinsic("llvm.vector.reduce.and", ir.IntType(1), [cond.type], [cond.type]), [cond])
+                allv = self.b.call(
+                    self._intrinsic("llvm.vector.reduce.and", ir.IntType(1), [cond.type], [cond.type]), [cond]
+                )
                 with self.b.if_else(allv) as (full, part):
                     with full:
                         self.stmt(s.then)
@@ -322,7 +338,11 @@ class CpuCodegen:
         coef: int | None = None
         if self.vec is not None and self.vec[0] in free_vars(flat):
             coef = arith.coefficient(flat, self.vec[0], self.ranges)
-            flat = arith.simplify(substitute(flat, {self.vec[0]: Const(self.vec_base, "int32")}), self.ranges) if coef is not None else flat
+            flat = (
+                arith.simplify(substitute(flat, {self.vec[0]: Const(self.vec_base, "int32")}), self.ranges)
+                if coef is not None
+                else flat
+            )
             if coef is None:
                 return self.ctx.bufs[buf], None  # gather: caller evaluates lane by lane
         idx = self.index(flat)
@@ -341,7 +361,9 @@ class CpuCodegen:
                 val = self._splat(val, lanes)
             vptr = self.b.bitcast(ptr, vt.as_pointer())
             if self.mask is not None:
-                fn = self._intrinsic("llvm.masked.store", ir.VoidType(), [vt, vt.as_pointer(), I32, self.mask.type], [vt])
+                fn = self._intrinsic(
+                    "llvm.masked.store", ir.VoidType(), [vt, vt.as_pointer(), I32, self.mask.type], [vt]
+                )
                 self.b.call(fn, [val, vptr, I32(_bytes(elem)), self.mask])
                 return
             st = self.b.store(val, vptr)
@@ -366,7 +388,9 @@ class CpuCodegen:
             return ir.IntType(1)(e.value) if e.dtype == "bool" else I64(e.value)
         if isinstance(e, Var):
             if self.vec is not None and e is self.vec[0]:
-                return ir.Constant(ir.VectorType(I64, self.vec[1]), [I64(self.vec_base + n) for n in range(self.vec[1])])
+                return ir.Constant(
+                    ir.VectorType(I64, self.vec[1]), [I64(self.vec_base + n) for n in range(self.vec[1])]
+                )
             if e not in self.ctx.env:
                 raise CompileError(f"variable {e.name} is used outside its loop")
             return self.ctx.env[e]
@@ -420,7 +444,10 @@ class CpuCodegen:
             flat = self._flat(e.buffer, e.indices)
             out = ir.Constant(ir.VectorType(elem, lanes), ir.Undefined)
             for n in range(lanes):
-                idx = self._lane_safe(self.index(arith.simplify(substitute(flat, {var: Const(self.vec_base + n, "int32")}), self.ranges)), n)
+                idx = self._lane_safe(
+                    self.index(arith.simplify(substitute(flat, {var: Const(self.vec_base + n, "int32")}), self.ranges)),
+                    n,
+                )
                 x = self.b.load(self.b.gep(self.ctx.bufs[e.buffer], [idx], inbounds=True))
                 out = self.b.insert_element(out, x, I32(n))
             return self._widen(out, e.buffer.dtype)
@@ -445,7 +472,9 @@ class CpuCodegen:
             return self._widen(out, e.buffer.dtype)
         if self.vec is not None and self.mask is not None:
             # Uniform address under a lane mask: only touch memory if some lane is live.
-            anyl = self.b.call(self._intrinsic("llvm.vector.reduce.or", ir.IntType(1), [self.mask.type], [self.mask.type]), [self.mask])
+            anyl = self.b.call(
+                self._intrinsic("llvm.vector.reduce.or", ir.IntType(1), [self.mask.type], [self.mask.type]), [self.mask]
+            )
             idx = self.b.select(anyl, self.index(self._flat_lane0(e)), I64(0))
             return self._widen(self.b.load(self.b.gep(self.ctx.bufs[e.buffer], [idx], inbounds=True)), e.buffer.dtype)
         return self._widen(self.b.load(ptr), e.buffer.dtype)
@@ -498,7 +527,9 @@ class CpuCodegen:
             return v
         elt = v.type.element if vec else v.type
         if dst == "bool":
-            return b.icmp_signed("!=", v, ir.Constant(v.type, 0) if not vec else ir.Constant(v.type, [ir.Constant(elt, 0)] * vec))
+            return b.icmp_signed(
+                "!=", v, ir.Constant(v.type, 0) if not vec else ir.Constant(v.type, [ir.Constant(elt, 0)] * vec)
+            )
         return b.zext(v, want) if elt.width == 1 or src == "uint8" else b.sext(v, want)
 
     def _narrow(self, v: ir.Value, elem: ir.Type) -> ir.Value:
@@ -514,7 +545,9 @@ class CpuCodegen:
     def _splat(self, v: ir.Value, lanes: int) -> ir.Value:
         vt = ir.VectorType(v.type, lanes)
         x = self.b.insert_element(ir.Constant(vt, ir.Undefined), v, I32(0))
-        return self.b.shuffle_vector(x, ir.Constant(vt, ir.Undefined), ir.Constant(ir.VectorType(I32, lanes), [I32(0)] * lanes))
+        return self.b.shuffle_vector(
+            x, ir.Constant(vt, ir.Undefined), ir.Constant(ir.VectorType(I32, lanes), [I32(0)] * lanes)
+        )
 
     def _pair(self, x: ir.Value, y: ir.Value) -> tuple[ir.Value, ir.Value]:
         xv, yv = isinstance(x.type, ir.VectorType), isinstance(y.type, ir.VectorType)
@@ -557,11 +590,22 @@ class CpuCodegen:
                     return b.udiv(x, y) if e.op != "%" else b.urem(x, y)
                 q, r = b.sdiv(x, y), b.srem(x, y)
                 # floor semantics: adjust when the remainder and divisor differ in sign
-                zero = ir.Constant(x.type, 0) if not isinstance(x.type, ir.VectorType) else ir.Constant(x.type, [I64(0)] * x.type.count)
-                adj = b.and_(b.icmp_signed("!=", r, zero), b.icmp_signed("!=", b.icmp_signed("<", r, zero), b.icmp_signed("<", y, zero)))
+                zero = (
+                    ir.Constant(x.type, 0)
+                    if not isinstance(x.type, ir.VectorType)
+                    else ir.Constant(x.type, [I64(0)] * x.type.count)
+                )
+                adj = b.and_(
+                    b.icmp_signed("!=", r, zero),
+                    b.icmp_signed("!=", b.icmp_signed("<", r, zero), b.icmp_signed("<", y, zero)),
+                )
                 if e.op == "%":
                     return b.select(adj, b.add(r, y), r)
-                one = ir.Constant(x.type, 1) if not isinstance(x.type, ir.VectorType) else ir.Constant(x.type, [I64(1)] * x.type.count)
+                one = (
+                    ir.Constant(x.type, 1)
+                    if not isinstance(x.type, ir.VectorType)
+                    else ir.Constant(x.type, [I64(1)] * x.type.count)
+                )
                 return b.select(adj, b.sub(q, one), q)
         raise CompileError(f"operator {e.op} is not supported for {e.dtype}")
 

@@ -33,16 +33,24 @@ from typing import Any
 from llvmlite import ir
 
 from farm.compiler import arith
-from farm.records.artifact import ENTRY_SYMBOL, Artifact
+from farm.compiler.codegen import optimize, target_machine
+from farm.compiler.codegen.gpu_lower import (
+    MAX_STATIC_SHARED_BYTES,
+    MAX_THREADS_PER_BLOCK,
+    Launch,
+    analyze_launch,
+    barrier_plan,
+    lower_gpu,
+    writes_shared,
+)
+from farm.compiler.codegen.llvm_cpu import FAST, CpuCodegen, ir_type
+from farm.compiler.codegen.runtime import I32, I64
+from farm.compiler.ir import Block, Buffer, For, IfThenElse, PrimFunc, Stmt
 from farm.errors import CompileError
+from farm.records.artifact import ENTRY_SYMBOL, Artifact
 from farm.target import Target
 from farm.te.expr import Const, substitute
 from farm.te.tensor import Tensor
-from farm.compiler.ir import Block, Buffer, For, IfThenElse, PrimFunc, Stmt
-from farm.compiler.codegen import optimize, target_machine
-from farm.compiler.codegen.gpu_lower import MAX_STATIC_SHARED_BYTES, MAX_THREADS_PER_BLOCK, Launch, analyze_launch, barrier_plan, lower_gpu, writes_shared
-from farm.compiler.codegen.llvm_cpu import FAST, CpuCodegen, ir_type
-from farm.compiler.codegen.runtime import I32, I64
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +87,9 @@ class NvptxCodegen(CpuCodegen):
         self._close_ctx(ctx)
         # nvvm.annotations are auto-upgraded to function attributes by LLVM >= 20.
         for axis, n in zip("xyz", self.launch.block):
-            self.mod.add_named_metadata("nvvm.annotations", [kern, ir.MetaDataString(self.mod, f"reqntid{axis}"), I32(n)])
+            self.mod.add_named_metadata(
+                "nvvm.annotations", [kern, ir.MetaDataString(self.mod, f"reqntid{axis}"), I32(n)]
+            )
         return self.mod
 
     # --- statements ------------------------------------------------------------
@@ -186,7 +196,11 @@ class NvptxCodegen(CpuCodegen):
     def store(self, s: Any) -> None:
         super().store(s)
         last = self.b.block.instructions[-1] if self.b.block.instructions else None
-        if self.vec is not None and isinstance(last, ir.StoreInstr) and isinstance(last.operands[0].type, ir.VectorType):
+        if (
+            self.vec is not None
+            and isinstance(last, ir.StoreInstr)
+            and isinstance(last.operands[0].type, ir.VectorType)
+        ):
             last.align = max(last.align or 0, self._vector_align(s.buffer, s.indices, last.operands[0].type))
 
     def _vector_align(self, buf: Buffer, indices: Any, vt: ir.VectorType) -> int:
@@ -214,7 +228,11 @@ class NvptxCodegen(CpuCodegen):
         b = self.b
 
         def const(v: float) -> ir.Value:
-            return ir.Constant(x.type, v) if not isinstance(x.type, ir.VectorType) else self._splat(ir.FloatType()(v), x.type.count)
+            return (
+                ir.Constant(x.type, v)
+                if not isinstance(x.type, ir.VectorType)
+                else self._splat(ir.FloatType()(v), x.type.count)
+            )
 
         def exp(v: ir.Value) -> ir.Value:
             return self._nvvm_unary("llvm.nvvm.ex2.approx.f", b.fmul(v, const(_LOG2E), flags=FAST))

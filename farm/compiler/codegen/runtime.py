@@ -10,7 +10,7 @@ benchmarks/bench_parallel.py measures both.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from llvmlite import ir
 
