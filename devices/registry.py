@@ -45,6 +45,8 @@ from farm.yamlconf import unknown as _unknown
 log = logging.getLogger(__name__)
 
 KINDS = ("local", "ssh", "cuda")
+# Registry kind -> device-server backend (``farm serve --kind``).
+BACKEND_OF_KIND = {"local": "cpu", "ssh": "cpu", "cuda": "cuda"}
 HOST_KEY_POLICIES = ("strict", "accept-new")
 COMMON_FIELDS = ("name", "key", "kind", "target", "servers")
 SSH_FIELDS = (
@@ -105,6 +107,15 @@ class DeviceSpec:
     @property
     def remote(self) -> bool:
         return self.ssh is not None
+
+    @property
+    def backend(self) -> str:
+        """The device server's ``--kind``: the backend that runs this device's jobs."""
+        return BACKEND_OF_KIND[self.kind]
+
+    def server_names(self) -> list[str]:
+        """One name per server process: the device's name, or name-0, name-1... for several."""
+        return [self.name] if self.servers == 1 else [f"{self.name}-{i}" for i in range(self.servers)]
 
 
 @dataclass(frozen=True)

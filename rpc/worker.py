@@ -16,11 +16,13 @@ import argparse
 import importlib
 import logging
 import os
+import signal
 import sys
 import time
 from typing import Any, BinaryIO
 
 from rpc import codec
+from rpc.lifetime import die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -79,27 +81,11 @@ def run_one(backend: Any, msg: codec.Message) -> dict[str, Any]:
     return out
 
 
-def _die_with_parent() -> None:
-    """Linux: SIGKILL us when the device server dies, even mid-kernel (a hung kernel
-    never reads the closed stdin that would otherwise tell us)."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-
-    parent = os.getppid()
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != parent:  # the parent died before prctl took effect
-        os._exit(1)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m rpc.worker")
     parser.add_argument("--kind", default="cpu")
     args = parser.parse_args(argv)
-    _die_with_parent()
+    die_with_parent(signal.SIGKILL)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="worker %(levelname)s %(name)s: %(message)s")
     proto_out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # anything printed from here on (Python or native) goes to stderr

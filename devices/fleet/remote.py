@@ -138,15 +138,11 @@ class Board:
         return path
 
     # -- serving ------------------------------------------------------------------
-    def server_names(self) -> list[str]:
-        n = self.spec.servers
-        return [self.spec.name] if n == 1 else [f"{self.spec.name}-{i}" for i in range(n)]
-
     def start_server(
         self, name: str, wheel: Wheel, tracker_port: int, token_path: str, startup_timeout: float = 120.0
     ) -> RemoteServer:
         wd = self.workdir()
-        kind = "cuda" if self.spec.kind == "cuda" else "cpu"
+        kind = self.spec.backend
         pidfile, logfile = f"{wd}/run/{name}.pid", f"{wd}/logs/{name}.log"
         serve = ["--tracker", f"127.0.0.1:{tracker_port}", "--key", self.spec.key, "--kind", kind,
                  "--name", name, "--token-file", token_path]  # fmt: skip

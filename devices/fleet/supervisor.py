@@ -75,10 +75,6 @@ def fleet_state_dir(state_root: Path, spec: FleetSpec) -> Path:
     return state_root / f"{Path(spec.path).stem}-{tag}"
 
 
-def _server_names(dev: DeviceSpec) -> list[str]:
-    return [dev.name] if dev.servers == 1 else [f"{dev.name}-{i}" for i in range(dev.servers)]
-
-
 class _LocalServer:
     """A launcher process on this machine; its stdin pipe ties it to us."""
 
@@ -153,7 +149,7 @@ class Fleet:
             else:
                 self._up_local(run)
             fps = self._await_registration(run)
-            first = fps[_server_names(dev)[0]]
+            first = fps[dev.server_names()[0]]
             outcome = DeviceOutcome(dev.name, True, _summary(first), servers=tuple(fps), fingerprint=first)
             run.failures = 0
         except (DeviceUnreachable, ProvisionError, FarmError, OSError) as e:
@@ -169,8 +165,8 @@ class Fleet:
 
     def _up_local(self, run: _Running) -> None:
         dev = run.spec
-        kind = "cuda" if dev.kind == "cuda" else "cpu"
-        for name in _server_names(dev):
+        kind = dev.backend
+        for name in dev.server_names():
             log_path = self.state_dir / "logs" / f"{name}.log"
             argv = [sys.executable, "-m", launch.MARKER, "--pidfile", str(self.state_dir / "run" / f"{name}.pid"),
                     "--log", str(log_path), "--", "--tracker", self.tracker, "--key", dev.key, "--kind", kind,
@@ -193,7 +189,7 @@ class Fleet:
         board.install(self._wheel)
         token_path = board.put_token(self.token)
         fwd = board.conn.forward(self.tracker_addr)
-        for name in _server_names(run.spec):
+        for name in run.spec.server_names():
             run.servers.append(board.start_server(name, self._wheel, fwd.remote_port, token_path))
 
     def _await_registration(self, run: _Running) -> dict[str, dict[str, Any]]:
@@ -201,7 +197,7 @@ class Fleet:
         from rpc.client import Client
         from rpc.errors import RpcError
 
-        want = set(_server_names(run.spec))
+        want = set(run.spec.server_names())
         deadline = time.monotonic() + self.register_timeout
         with Client(self.tracker, self.token) as client:
             while True:
@@ -326,7 +322,7 @@ def down(spec: FleetSpec, state_root: Path, grace: float = 5.0) -> FleetResult:
 
     def one(dev: DeviceSpec) -> DeviceOutcome:
         if not dev.remote:
-            names = set(_server_names(dev))
+            names = set(dev.server_names())
             n = sum(1 for s in local if Path(str(s["pidfile"])).stem in names and s["pids"])
             return DeviceOutcome(dev.name, True, f"stopped {n} server(s)")
         from devices.fleet.remote import Board

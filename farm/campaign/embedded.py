@@ -7,7 +7,6 @@ a killed campaign driver leaves nothing behind.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import logging
 import os
 import secrets
@@ -18,14 +17,13 @@ import threading
 import time
 from typing import Any
 
+from rpc.lifetime import die_with_parent
+
 log = logging.getLogger(__name__)
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
+def _die_on_parent_exit() -> None:  # runs in the child between fork and exec
+    die_with_parent(signal.SIGTERM)
 
 
 class EmbeddedFarm:
@@ -67,7 +65,7 @@ class EmbeddedFarm:
             cmd = [sys.executable, "-m", "rpc.cli", "serve", "--tracker", self.address, "--key", self.key,
                    "--name", f"{self.key}-{n}"]
             self.procs.append(subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                               stderr=subprocess.PIPE, preexec_fn=_die_with_parent))
+                                               stderr=subprocess.PIPE, preexec_fn=_die_on_parent_exit))
         self._wait_registered()
         log.info("embedded farm: tracker %s, %d device server(s) on key %r", self.address, self.servers, self.key)
 

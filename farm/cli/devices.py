@@ -111,7 +111,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     found = statuses(_state_root(args))
     if not found:
-        print("no fleet has been brought up (state dir: %s)" % _state_root(args))
+        print(f"no fleet has been brought up (state dir: {_state_root(args)})")
         return 0
     for data in found:
         state = "running" if data["running"] else "stopped"

@@ -21,23 +21,19 @@ log = logging.getLogger(__name__)
 def count_flops(sch: Schedule) -> float:
     """Multiply-adds of every reduction count 2; elementwise stages count 0 (TVM's convention)."""
     total = 0.0
-    for op in sch.outputs:
-        seen: set[int] = set()
-
-        def visit(o: Any) -> None:
-            nonlocal total
-            if id(o) in seen or isinstance(o, PlaceholderOp):
-                return
-            seen.add(id(o))
-            if isinstance(o.body, Reduce):
-                n = 1
-                for a in o.axis + o.reduce_axis:
-                    n *= a.extent
-                total += 2.0 * n
-            for t in o.input_tensors:
-                visit(t.op)
-
-        visit(op)
+    seen: set[int] = set()
+    stack = [op for op in sch.outputs]
+    while stack:
+        o = stack.pop()
+        if id(o) in seen or isinstance(o, PlaceholderOp):
+            continue
+        seen.add(id(o))
+        if isinstance(o.body, Reduce):
+            n = 1
+            for a in o.axis + o.reduce_axis:
+                n *= a.extent
+            total += 2.0 * n
+        stack.extend(t.op for t in o.input_tensors)
     return total
 
 

@@ -1,7 +1,7 @@
 """The lowered loop-nest IR and its printer (TVM's TIR, in miniature)."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from farm.te.expr import (
@@ -19,6 +19,7 @@ from farm.te.expr import (
     Var,
     children,
     is_float,
+    preorder,
 )
 
 
@@ -117,12 +118,14 @@ def stmt_children(s: Stmt) -> list[Stmt]:
     return []
 
 
-def walk_stmts(s: Stmt):  # type: ignore[no-untyped-def]
-    stack = [s]
-    while stack:
-        x = stack.pop()
-        yield x
-        stack.extend(stmt_children(x))
+def walk_stmts(s: Stmt) -> Iterator[Stmt]:
+    """Every statement of a nest, ``s`` first."""
+    return preorder(s, stmt_children)
+
+
+def walk_expr(e: Expr) -> Iterator[Expr]:
+    """Every subexpression, through buffer loads' indices, ``e`` first."""
+    return preorder(e, expr_children)
 
 
 # --- printing ----------------------------------------------------------------

@@ -62,10 +62,6 @@ class LogRecord:
         return self.outcome is Outcome.OK
 
     @property
-    def workload_key(self) -> tuple[str, tuple[int, ...]]:
-        return (self.workload, self.args)
-
-    @property
     def workload_id(self) -> str:
         """``matmul(256,256,256)``: how tables and the CLI name a workload instance."""
         return f"{self.workload}({','.join(map(str, self.args))})"

@@ -13,7 +13,7 @@ from typing import Any
 SCHEMA_VERSION = 1
 
 
-class Outcome(str, enum.Enum):
+class Outcome(str, enum.Enum):  # noqa: UP042 - str() of a member stays 'Outcome.OK' in messages
     """How one measurement ended. Classified by type at the boundaries."""
 
     OK = "OK"

@@ -6,8 +6,10 @@ constants of the other operand's type.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Union
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, TypeVar, Union
+
+T = TypeVar("T")
 
 FLOAT_TYPES = ("float16", "float32", "float64")
 INT_TYPES = ("int8", "int16", "int32", "int64", "uint8", "bool")
@@ -284,12 +286,18 @@ def substitute(e: Expr, mapping: dict[Var, Expr]) -> Expr:
     return transform(e, lambda x: mapping.get(x) if isinstance(x, Var) else None)
 
 
-def walk(e: Expr) -> Iterable[Expr]:
-    stack = [e]
+def preorder(root: T, children_of: Callable[[T], Iterable[T]]) -> Iterator[T]:
+    """Every node of a tree, root first, with an explicit stack (deep nests overflow recursion)."""
+    stack = [root]
     while stack:
         x = stack.pop()
         yield x
-        stack.extend(children(x))
+        stack.extend(children_of(x))
+
+
+def walk(e: Expr) -> Iterator[Expr]:
+    """Every subexpression of ``e``, ``e`` first."""
+    return preorder(e, children)
 
 
 def free_vars(e: Expr) -> set[Var]:

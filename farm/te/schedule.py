@@ -235,9 +235,6 @@ class Schedule:
             raise ScheduleError(f"{getattr(op, 'name', op)!r} is not part of this schedule")
         return st
 
-    def stage_of_tensor(self, t: Tensor) -> Stage | None:
-        return self._by_op.get(id(t.op))
-
     def _insert_before(self, new: Stage, anchor: Stage) -> None:
         self.stages.insert(self.stages.index(anchor), new)
         self._by_op[id(new.op)] = new

@@ -245,7 +245,7 @@ def _all_alloc(s: Stmt) -> list[Allocate]:
 def knob_features(space: Any, index: int) -> list[float]:
     f: list[float] = []
     choices = space.choices(index)
-    for (name, k), c in zip(space.knobs.items(), choices):
+    for k, c in zip(space.knobs.values(), choices):
         f.append(c / max(1, len(k.options) - 1))
         opt = k.options[c]
         if k.kind == "split":

@@ -50,7 +50,7 @@ def cooperative_fetch(s: Schedule, stage: Stage, threads: Sequence[int], vec: in
         total *= t
     _, rest = stage.split(fused, factor=total)
     tags = _THREAD_AXES[-len(threads):]
-    for n, (t, tag) in enumerate(zip(threads, tags)):
+    for n, tag in enumerate(tags):
         if n + 1 < len(threads):
             below = 1
             for u in threads[n + 1:]:

@@ -6,7 +6,6 @@ instantiated with one config gives the schedule to build.
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -131,7 +130,3 @@ def build_workload(name: str, args: Sequence[int], config: Any = "default",
     mod = build(sch, tensors, tgt, name=name, workload=wl.key(args), flops=wl.flops(wl.check_args(args)))
     mod.config = cfg
     return mod
-
-
-def config_json(cfg: ConfigEntity) -> str:
-    return json.dumps(cfg.to_json(), sort_keys=True)

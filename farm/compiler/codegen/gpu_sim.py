@@ -226,7 +226,8 @@ def simulate(func: PrimFunc, launch: Launch, arrays: Sequence[np.ndarray]) -> No
                             pass
                     if alive and len(alive) != len(gens):
                         raise SimulationError(
-                            f"block {(cx, cy, cz)}: {len(alive)} of {len(gens)} threads wait at a barrier the others never reach"
+                            f"block {(cx, cy, cz)}: {len(alive)} of {len(gens)} threads wait at a barrier "
+                            "the others never reach"
                         )
                     blk.barrier()
                     gens = alive

@@ -27,7 +27,7 @@ from farm.compiler.ir import (
     PrimFunc,
     Stmt,
     Store,
-    expr_children,
+    walk_expr,
     walk_stmts,
 )
 from farm.errors import CompileError
@@ -610,7 +610,7 @@ class CpuCodegen:
         raise CompileError(f"operator {e.op} is not supported for {e.dtype}")
 
     def select(self, e: Select) -> ir.Value:
-        has_load = any(isinstance(x, BufferLoad) for side in (e.t, e.f) for x in _walk(side))
+        has_load = any(isinstance(x, BufferLoad) for side in (e.t, e.f) for x in walk_expr(side))
         cond = self.expr(e.cond)
         if has_load and not isinstance(cond.type, ir.VectorType):
             # Branch so a guarded out-of-bounds load is never executed.
@@ -716,11 +716,5 @@ def _fbytes(t: ir.Type) -> int:
     return {ir.HalfType(): 2, ir.FloatType(): 4, ir.DoubleType(): 8}.get(t, 4)
 
 
-def _walk(e: Expr):  # type: ignore[no-untyped-def]
-    stack = [e]
-    while stack:
-        x = stack.pop()
-        yield x
-        stack.extend(expr_children(x))
 
 
