@@ -43,7 +43,8 @@ from farm.compiler.codegen.gpu_lower import (
     lower_gpu,
     writes_shared,
 )
-from farm.compiler.codegen.llvm_cpu import FAST, CpuCodegen, ir_type
+from farm.compiler.codegen.llvm_cpu import CpuCodegen
+from farm.compiler.codegen.llvm_expr import FAST, ir_type
 from farm.compiler.codegen.runtime import I32, I64
 from farm.compiler.ir import Block, Buffer, For, IfThenElse, PrimFunc, Stmt
 from farm.errors import CompileError
