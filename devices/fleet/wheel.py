@@ -1,7 +1,8 @@
 """Build the device-side wheel of this checkout, deterministically.
 
-A board needs only the pure-Python packages ``farm``, ``rpc`` and ``devices``
-(numpy and llvmlite it must already have). Zipping them ourselves, with fixed
+A board runs a device server only: ``rpc``, the device backends and the few rooms of ``farm``
+they import (records, errors, the runtime, target parsing, the numpy references), never the
+compiler, tuning, campaign or log code (numpy and llvmlite it must already have). Zipping them ourselves, with fixed
 timestamps and sorted entries, gives a wheel whose bytes depend only on the
 sources: its hash says whether a board's copy is stale, and building it never
 writes into the source tree (``pip wheel .`` would, racing other users of it).
@@ -20,6 +21,11 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 PACKAGES = ("farm", "rpc", "devices")
+# What of farm/ a device server imports (tests/test_architecture.py holds devices/ to these rooms).
+FARM_ON_BOARDS = (
+    "farm/__init__.py", "farm/errors.py", "farm/target.py", "farm/yamlconf.py",
+    "farm/records/", "farm/runtime/", "farm/workloads/__init__.py", "farm/workloads/references.py",
+)
 DIST = "kernelfarm"
 _EPOCH = (2020, 1, 1, 0, 0, 0)
 
@@ -58,7 +64,9 @@ def _files(root: Path) -> list[tuple[str, bytes]]:
             rel = path.relative_to(root).as_posix()
             if not path.is_file() or "__pycache__" in rel or path.suffix in (".pyc", ".pyo"):
                 continue
-            if path.suffix == ".py" or "/data/" in rel:
+            if pkg == "farm" and not rel.startswith(FARM_ON_BOARDS):
+                continue
+            if path.suffix == ".py":
                 out.append((rel, path.read_bytes()))
     return out
 
