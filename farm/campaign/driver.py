@@ -17,111 +17,31 @@ import concurrent.futures
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from farm.campaign.config import CampaignSpec, WorkloadSpec
-from farm.campaign.idle import IdleMeter, idle_fraction
+from farm.campaign.config import CampaignSpec
+from farm.campaign.idle import IdleMeter
 from farm.campaign.link import FarmLink
 from farm.campaign.proposer import BackgroundTuner
 from farm.campaign.sinks import FileSink, RecordSink
+from farm.campaign.tasks import Building, Built, CampaignResult, InFlight, Retry, Task, TaskSummary
 from farm.errors import FarmError
 from farm.records.artifact import Artifact
 from farm.records.measure import MeasureResult, Outcome
+from rpc.errors import ConnectionLost, DeadlineExceeded, DeviceLost, JobCancelled, RpcError
 
 log = logging.getLogger(__name__)
+
+class CampaignError(FarmError):
+    """The campaign stopped on something that is not a measurement outcome (a bug, a refused job)."""
+
+
+# What the farm answers when no device measured a job: recorded DEVICE_LOST, the campaign goes on.
+_DEVICE_LOSS = (DeadlineExceeded, DeviceLost, JobCancelled)
 
 # Resubmissions of one trial after lost tracker connections before it is
 # classified DEVICE_LOST (a tracker that dies on one job would otherwise loop).
 MAX_RESUBMITS = 5
-
-
-@dataclass
-class Task:
-    """One (workload, device key) tuning task."""
-
-    wl: WorkloadSpec
-    key: str
-    target: str
-    fingerprint: dict[str, Any]
-    space: Any
-    tuner: Any
-    budget: int
-    flops: float
-    done_trials: int = 0
-    errors: int = 0
-    best_gflops: float = 0.0
-    best_index: int | None = None
-    default_gflops: float | None = None
-    pending: list[int] = field(default_factory=list)  # proposed, not yet built
-    builds: dict[Any, tuple[int, float]] = field(default_factory=dict)  # ray ref -> (index, started)
-    jobs: dict[int, tuple[Any, float, Artifact, int, int]] = field(
-        default_factory=dict
-    )  # index -> (Job, build_s, art, tries, gen)
-    resubmit: dict[int, tuple[Artifact, float, int]] = field(default_factory=dict)  # index -> (art, build_s, tries)
-    held: dict[int, tuple[Artifact, float]] = field(default_factory=dict)  # built, waiting for the build phase to end
-    history: list[tuple[int, float]] = field(default_factory=list)  # (trial, best so far)
-    finished: bool = False
-
-    @property
-    def name(self) -> str:
-        return f"{self.wl.name}({','.join(map(str, self.wl.shape))})@{self.key}"
-
-    @property
-    def in_flight(self) -> int:
-        return len(self.pending) + len(self.builds) + len(self.jobs) + len(self.resubmit) + len(self.held)
-
-
-@dataclass(frozen=True)
-class TaskSummary:
-    task: str
-    workload: str
-    shape: tuple[int, ...]
-    device_key: str
-    trials: int
-    errors: int
-    best_gflops: float
-    best_index: int | None
-    default_gflops: float | None
-
-    @property
-    def speedup(self) -> float | None:
-        if self.default_gflops and self.best_gflops:
-            return self.best_gflops / self.default_gflops
-        return None
-
-    def to_json(self) -> dict[str, Any]:
-        return {"task": self.task, "workload": self.workload, "shape": list(self.shape), "device_key": self.device_key,
-                "trials": self.trials, "errors": self.errors, "best_gflops": self.best_gflops,
-                "best_index": self.best_index, "default_gflops": self.default_gflops, "speedup": self.speedup}
-
-
-@dataclass
-class CampaignResult:
-    name: str
-    log: Path
-    tasks: list[TaskSummary]
-    wall_s: float
-    measured: int
-    resumed: int
-    build_nodes: dict[str, int]
-    device_idle_fraction: float
-    builds_s: float
-    resubmitted: int = 0  # jobs submitted again after a lost tracker connection
-    reconnects: int = 0
-    idle_timeline: list[tuple[float, float, float]] = field(default_factory=list)  # see idle.py
-
-    def idle_fraction_between(self, t0: float, t1: float) -> float | None:
-        """Device idle share between t0 and t1 seconds after the start (tracker's view)."""
-        return idle_fraction(self.idle_timeline, t0, t1)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"campaign": self.name, "log": str(self.log), "tasks": [t.to_json() for t in self.tasks],
-                "wall_s": self.wall_s, "measured": self.measured, "resumed": self.resumed,
-                "build_nodes": self.build_nodes, "device_idle_fraction": self.device_idle_fraction,
-                "builds_s": self.builds_s, "resubmitted": self.resubmitted, "reconnects": self.reconnects,
-                "device_idle_fraction_trained": self.idle_fraction_between(self.wall_s / 2, self.wall_s)}
 
 
 class CampaignRunner:
@@ -239,6 +159,11 @@ class CampaignRunner:
                         last_progress = now
                     if not progressed:
                         time.sleep(0.01)
+            except (FarmError, KeyboardInterrupt):
+                raise
+            except Exception as e:
+                # A bug in the driver or the tuner is no measurement: stop, and log nothing false.
+                raise CampaignError(f"campaign {self.spec.name} stopped: {type(e).__name__}: {e}") from e
             finally:
                 # Also on an abort (outage limit, Ctrl-C): what was measured stays measured.
                 if pending_records:
@@ -265,9 +190,9 @@ class CampaignRunner:
             return False
         sent = False
         for t in self.tasks:
-            for idx, (art, build_s) in list(t.held.items()):
+            for idx, built in list(t.held.items()):
                 del t.held[idx]
-                self._submit(t, idx, art, build_s, 0, out)
+                self._submit(t, idx, built, 0, out)
                 sent = True
         return sent
 
@@ -288,7 +213,7 @@ class CampaignRunner:
             t.pending.extend(t.tuner.propose(room))
         for idx in t.pending:
             ref = build.remote(t.wl.name, list(t.wl.shape), idx, t.target)
-            t.builds[ref] = (idx, time.monotonic())
+            t.builds[ref] = Building(idx, time.monotonic())
         t.pending.clear()
 
     def _collect_builds(self, out: list[Any]) -> bool:
@@ -302,7 +227,8 @@ class CampaignRunner:
         progressed = False
         now = time.monotonic()
         for t in self.tasks:
-            for ref, (idx, started) in list(t.builds.items()):
+            for ref, building in list(t.builds.items()):
+                idx, started = building.index, building.started
                 if ref in done:
                     del t.builds[ref]
                     progressed = True
@@ -340,66 +266,69 @@ class CampaignRunner:
             self._record(t, idx, MeasureResult.error(Outcome.COMPILE_ERROR, f"bad artifact: {type(e).__name__}: {e}",
                                                      flops=t.flops), float(res["build_s"]), out)
             return
+        built = Built(art, float(res["build_s"]))
         if self.exclusive:
-            t.held[idx] = (art, float(res["build_s"]))
+            t.held[idx] = built
             return
-        self._submit(t, idx, art, float(res["build_s"]), 0, out)
+        self._submit(t, idx, built, 0, out)
 
-    def _submit(self, t: Task, idx: int, art: Artifact, build_s: float, tries: int, out: list[Any]) -> None:
-        from rpc.errors import ConnectionLost
-
+    def _submit(self, t: Task, idx: int, built: Built, tries: int, out: list[Any]) -> None:
         if self.link.broken:
-            t.resubmit[idx] = (art, build_s, tries)
+            t.resubmit[idx] = Retry(built, tries)
             return
         gen = self.link.gen
         try:
-            job = self.link.session.submit(art, key=t.key, options=self.spec.timing, priority=self.spec.priority)
+            job = self.link.session.submit(built.artifact, key=t.key, options=self.spec.timing,
+                                           priority=self.spec.priority)
         except ConnectionLost as e:  # the tracker went away: submit again once it is back
             self.link.lost(gen, e)
-            t.resubmit[idx] = (art, build_s, tries)
+            t.resubmit[idx] = Retry(built, tries)
             return
-        except Exception as e:  # noqa: BLE001 - the farm refused the job: classify, keep going
+        except _DEVICE_LOSS as e:
             self._record(t, idx, MeasureResult.error(Outcome.DEVICE_LOST, f"submit failed: {type(e).__name__}: {e}",
-                                                     flops=t.flops), build_s, out)
+                                                     flops=t.flops), built.build_s, out)
             return
-        t.jobs[idx] = (job, build_s, art, tries, gen)
+        except RpcError as e:  # the farm refused the job: a misconfiguration or a bug, not a measurement
+            raise CampaignError(f"{t.name}: the farm refused config {idx}: {type(e).__name__}: {e}") from e
+        t.jobs[idx] = InFlight(job, built, tries, gen)
 
     def _resubmit(self, out: list[Any]) -> bool:
         """Submit again the jobs whose results a lost tracker connection took with it."""
         if not any(t.resubmit for t in self.tasks) or not self.link.restore():
             return False
         for t in self.tasks:
-            for idx, (art, build_s, tries) in list(t.resubmit.items()):
+            for idx, retry in list(t.resubmit.items()):
                 if self.link.broken:
                     return True
                 del t.resubmit[idx]
                 self.resubmitted += 1
-                self._submit(t, idx, art, build_s, tries, out)
+                self._submit(t, idx, retry.built, retry.tries, out)
         return True
 
     def _collect_jobs(self, out: list[Any]) -> bool:
-        from rpc.errors import ConnectionLost
-
         progressed = False
         for t in self.tasks:
-            for idx, (job, build_s, art, tries, gen) in list(t.jobs.items()):
-                if not job.done():
+            for idx, fl in list(t.jobs.items()):
+                if not fl.job.done():
                     continue
                 del t.jobs[idx]
                 progressed = True
                 try:
-                    result = job.result(0)
+                    result = fl.job.result(0)
                 except ConnectionLost as e:
                     # No result came and the tracker forgot the job: run it again, boundedly.
-                    self.link.lost(gen, e)
-                    if tries < MAX_RESUBMITS:
-                        t.resubmit[idx] = (art, build_s, tries + 1)
+                    self.link.lost(fl.gen, e)
+                    if fl.tries < MAX_RESUBMITS:
+                        t.resubmit[idx] = Retry(fl.built, fl.tries + 1)
                         continue
-                    result = MeasureResult.error(Outcome.DEVICE_LOST, f"tracker connection lost {tries + 1} times: {e}",
-                                                 flops=t.flops)
-                except Exception as e:  # noqa: BLE001 - deadline, cancelled: classified, not lost
+                    result = MeasureResult.error(Outcome.DEVICE_LOST,
+                                                 f"tracker connection lost {fl.tries + 1} times: {e}", flops=t.flops)
+                except _DEVICE_LOSS as e:  # no device took it in time, or devices kept vanishing under it
                     result = MeasureResult.error(Outcome.DEVICE_LOST, f"{type(e).__name__}: {e}", flops=t.flops)
-                self._record(t, idx, result, build_s, out)
+                except Exception as e:
+                    # Anything else is a bug (ours or the tuner's), not a measurement: stop, log nothing false.
+                    raise CampaignError(f"{t.name}: collecting config {idx} failed: {type(e).__name__}: {e}") from e
+                self._record(t, idx, result, fl.built.build_s, out)
         return progressed
 
     def _record(self, t: Task, idx: int, result: MeasureResult, build_s: float, out: list[Any]) -> None:

@@ -61,9 +61,9 @@ def test_exclusive_timing_never_builds_while_a_device_times(tmp_path: Path, excl
     overlaps: list[int] = []  # builds in flight whenever a job was submitted
 
     class Watched(CampaignRunner):
-        def _submit(self, t, idx, art, build_s, tries, out):  # type: ignore[no-untyped-def]
+        def _submit(self, t, idx, built, tries, out):  # type: ignore[no-untyped-def]
             overlaps.append(sum(len(x.builds) + len(x.pending) for x in self.tasks))
-            super()._submit(t, idx, art, build_s, tries, out)
+            super()._submit(t, idx, built, tries, out)
 
     result = _run(_spec(tmp_path / "turns.jsonl", 24, 4, 100, f"exclusive_timing: {str(exclusive).lower()}\n"),
                   servers=1, runner_cls=Watched)

@@ -1,0 +1,129 @@
+"""The campaign driver's records: a task and where each of its configs is, and the results."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from farm.campaign.config import WorkloadSpec
+from farm.campaign.idle import idle_fraction
+from farm.records.artifact import Artifact
+
+
+@dataclass(frozen=True)
+class Building:
+    """A config being compiled by a Ray build task."""
+
+    index: int
+    started: float  # time.monotonic()
+
+
+@dataclass(frozen=True)
+class Built:
+    """A compiled config: its artifact and how long the build took."""
+
+    artifact: Artifact
+    build_s: float
+
+
+@dataclass(frozen=True)
+class InFlight:
+    """A config submitted to the farm: the job, and what it takes to submit it again."""
+
+    job: Any  # farm.client.session.Job
+    built: Built
+    tries: int  # submissions before this one that a lost tracker connection took along
+    gen: int  # the connection generation it was submitted on (link.FarmLink)
+
+
+@dataclass(frozen=True)
+class Retry:
+    """A config to submit again once the tracker is back."""
+
+    built: Built
+    tries: int
+
+
+@dataclass
+class Task:
+    """One (workload, device key) tuning task."""
+
+    wl: WorkloadSpec
+    key: str
+    target: str
+    fingerprint: dict[str, Any]
+    space: Any
+    tuner: Any
+    budget: int
+    flops: float
+    done_trials: int = 0
+    errors: int = 0
+    best_gflops: float = 0.0
+    best_index: int | None = None
+    default_gflops: float | None = None
+    pending: list[int] = field(default_factory=list)  # proposed, not yet built
+    builds: dict[Any, Building] = field(default_factory=dict)  # by Ray object ref
+    jobs: dict[int, InFlight] = field(default_factory=dict)  # by config index
+    resubmit: dict[int, Retry] = field(default_factory=dict)  # results a lost tracker connection took along
+    held: dict[int, Built] = field(default_factory=dict)  # built, waiting for the build phase to end
+    history: list[tuple[int, float]] = field(default_factory=list)  # (trial, best so far)
+    finished: bool = False
+
+    @property
+    def name(self) -> str:
+        return f"{self.wl.name}({','.join(map(str, self.wl.shape))})@{self.key}"
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.pending) + len(self.builds) + len(self.jobs) + len(self.resubmit) + len(self.held)
+
+
+@dataclass(frozen=True)
+class TaskSummary:
+    task: str
+    workload: str
+    shape: tuple[int, ...]
+    device_key: str
+    trials: int
+    errors: int
+    best_gflops: float
+    best_index: int | None
+    default_gflops: float | None
+
+    @property
+    def speedup(self) -> float | None:
+        if self.default_gflops and self.best_gflops:
+            return self.best_gflops / self.default_gflops
+        return None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"task": self.task, "workload": self.workload, "shape": list(self.shape), "device_key": self.device_key,
+                "trials": self.trials, "errors": self.errors, "best_gflops": self.best_gflops,
+                "best_index": self.best_index, "default_gflops": self.default_gflops, "speedup": self.speedup}
+
+
+@dataclass
+class CampaignResult:
+    name: str
+    log: Path
+    tasks: list[TaskSummary]
+    wall_s: float
+    measured: int
+    resumed: int
+    build_nodes: dict[str, int]
+    device_idle_fraction: float
+    builds_s: float
+    resubmitted: int = 0  # jobs submitted again after a lost tracker connection
+    reconnects: int = 0
+    idle_timeline: list[tuple[float, float, float]] = field(default_factory=list)  # see idle.py
+
+    def idle_fraction_between(self, t0: float, t1: float) -> float | None:
+        """Device idle share between t0 and t1 seconds after the start (tracker's view)."""
+        return idle_fraction(self.idle_timeline, t0, t1)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"campaign": self.name, "log": str(self.log), "tasks": [t.to_json() for t in self.tasks],
+                "wall_s": self.wall_s, "measured": self.measured, "resumed": self.resumed,
+                "build_nodes": self.build_nodes, "device_idle_fraction": self.device_idle_fraction,
+                "builds_s": self.builds_s, "resubmitted": self.resubmitted, "reconnects": self.reconnects,
+                "device_idle_fraction_trained": self.idle_fraction_between(self.wall_s / 2, self.wall_s)}
