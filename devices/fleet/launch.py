@@ -1,4 +1,4 @@
-"""Supervise one device server on a board: ``python -m devices.launch``.
+"""Supervise one device server on a board: ``python -m devices.fleet.launch``.
 
 ``farm devices up`` runs this over SSH (and locally for local devices) with
 the server's arguments after ``--``. It starts ``farm serve`` in its own
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     if "--" in argv:
         i = argv.index("--")
         argv, rest = argv[:i], argv[i + 1 :]
-    ap = argparse.ArgumentParser(prog="python -m devices.launch")
+    ap = argparse.ArgumentParser(prog="python -m devices.fleet.launch")
     ap.add_argument("--pidfile")
     ap.add_argument("--log")
     ap.add_argument("--stop", metavar="GLOB", help="stop what matching pidfiles name, print JSON")

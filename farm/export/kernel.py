@@ -4,7 +4,7 @@
 device) in a shared log, rebuilds that config for the target the record was
 measured on, and writes into a directory:
 
-- ``kernel.o``       the relocatable ELF object (ABI in :mod:`farm.artifact`)
+- ``kernel.o``       the relocatable ELF object (ABI in :mod:`farm.records.artifact`)
 - ``kernel.json``    the artifact header (args, shapes, dtypes, target, hash) plus
                      where it came from (config, GFLOPS, device key, log)
 - ``kernel.h``       a C header for linking ``kernel.o`` into a program

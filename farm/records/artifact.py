@@ -3,7 +3,7 @@
 Builders never touch devices. The code is a relocatable ELF object for CPU
 targets (devices load it with llvmlite MCJIT, no linker) or PTX for CUDA.
 
-Native ABI of CPU objects (see farm.codegen):
+Native ABI of CPU objects (see farm.compiler.codegen):
   ``void kf_main(i8** args)``            run the kernel once on the buffers
   ``double kf_time(i8** args, i64 n)``   seconds for ``n`` back-to-back calls,
                                          measured with CLOCK_MONOTONIC in native code

@@ -38,7 +38,12 @@ from farm.te.tensor import ComputeOp, Operation, PlaceholderOp, Tensor, compute,
 
 
 def create_schedule(ops):  # type: ignore[no-untyped-def]
-    """A default schedule for the given output operation(s) (see farm.schedule)."""
+    """A default schedule for the given output operation(s) (see farm.te.schedule)."""
     from farm.te.schedule import create_schedule as _create
 
     return _create(ops)
+
+
+# TVM's names for the condition combinators.
+all = all_of  # noqa: A001
+any = any_of  # noqa: A001

@@ -117,7 +117,23 @@ class Expr:
         return Cmp(">=", self, as_expr(o, self))
 
     def __bool__(self) -> bool:
-        raise TypeError("a tensor expression has no truth value; use te.select / te.all_of")
+        raise TypeError("a tensor expression has no truth value; use te.if_then_else / te.all / te.any")
+
+    # Conditions combine with & | ~ (TVM's habit); Python's and/or/not would call __bool__.
+    def __and__(self, o: Expr) -> Expr:
+        return all_of(_cond(self, "&"), _cond(o, "&"))
+
+    def __rand__(self, o: Expr) -> Expr:
+        return all_of(_cond(o, "&"), _cond(self, "&"))
+
+    def __or__(self, o: Expr) -> Expr:
+        return any_of(_cond(self, "|"), _cond(o, "|"))
+
+    def __ror__(self, o: Expr) -> Expr:
+        return any_of(_cond(o, "|"), _cond(self, "|"))
+
+    def __invert__(self) -> Expr:
+        return logical_not(_cond(self, "~"))
 
     def astype(self, dtype: str) -> Expr:
         return Cast(dtype, self)
@@ -340,6 +356,13 @@ def equal(a: ExprLike, b: ExprLike) -> Expr:
 def not_equal(a: ExprLike, b: ExprLike) -> Expr:
     ea = as_expr(a, b if isinstance(b, Expr) else None)
     return Cmp("!=", ea, as_expr(b, ea))
+
+
+def _cond(e: Any, op: str) -> Expr:
+    if not isinstance(e, Expr) or e.dtype != "bool":
+        got = getattr(e, "dtype", type(e).__name__)
+        raise TypeError(f"'{op}' combines conditions (comparisons, te.all/te.any), got {got}")
+    return e
 
 
 def all_of(*conds: Expr) -> Expr:

@@ -51,7 +51,7 @@ class _Ctx:
 
 
 class CpuCodegen(ExprCodegen):
-    """Turns one PrimFunc into an LLVM module with the ABI in farm.artifact."""
+    """Turns one PrimFunc into an LLVM module with the ABI in farm.records.artifact."""
 
     def __init__(self, triple: str, data_layout: str, vector_lanes: int = 16) -> None:  # noqa: D107
         self.mod = ir.Module(name="kernelfarm")
