@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Any
+
+from farm.cli.args import existing_file, shape_text
+from farm.cli.errors import UsageError
 
 DEFAULT_TARGET = "llvm -mcpu=native"
 
@@ -34,7 +36,7 @@ def register(sub: Any) -> None:
 
 def _workload_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("workload", help="registered workload name (see `farm workloads`)")
-    p.add_argument("--shape", required=True, help="comma-separated shape values, e.g. 512,512,512")
+    p.add_argument("--shape", required=True, type=shape_text, help="comma-separated shape values, e.g. 512,512,512")
     p.add_argument("--config", default="default", help="JSON config, an index, 'default' or 'best'")
     p.add_argument("--target", default=DEFAULT_TARGET, help="target string, e.g. 'llvm -mtriple=aarch64-linux-gnu'")
 
@@ -55,12 +57,11 @@ def resolve(args: argparse.Namespace) -> tuple[Any, tuple[int, ...], Any, Any]:
 
 def _best_from_log(args: argparse.Namespace, name: str, shape: tuple[int, ...]) -> Any:
     from farm.errors import ConfigError
-
-    if not getattr(args, "log", None):
-        raise ConfigError("--config best needs --log LOG")
     from farm.log import store as flog
 
-    recs = flog.load_log(args.log).records
+    if not getattr(args, "log", None):
+        raise UsageError("--config best needs --log LOG")
+    recs = flog.load_log(existing_file(args.log)).records
     best = flog.best(recs, workload=name, device=getattr(args, "device", None), args=list(shape))
     if best is None:
         raise ConfigError(f"{args.log}: no successful record of {name} {list(shape)}"
@@ -112,8 +113,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     wl, shape, tgt, cfg = resolve(args)
     if not tgt.runs_on_host():
-        print(f"farm run: target {tgt} does not run here; use `farm measure --tracker ...`", file=sys.stderr)
-        return 2
+        raise UsageError(f"target {tgt} does not run here; use `farm measure --tracker ...`")
     mod = build_workload(wl.name, shape, cfg, tgt)
     res = CpuBackend("local").run_job(mod.artifact, RunOptions(repeat=args.repeat, min_repeat_ms=args.min_repeat_ms,
                                                                 num_threads=args.threads))

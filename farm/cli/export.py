@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Any
+
+from farm.cli.args import existing_file, shape_text
 
 
 def register(sub: Any) -> None:
@@ -12,7 +13,8 @@ def register(sub: Any) -> None:
     p.add_argument("log", help="shared log file (JSON lines, .gz accepted)")
     p.add_argument("--workload", required=True, help="workload name (matmul) or instance (matmul(256,256,256))")
     p.add_argument("--device", help="device key the kernel was tuned on (needed if the log has several)")
-    p.add_argument("--shape", help="comma-separated shape, e.g. 512,512,512 (needed if the log has several)")
+    p.add_argument("--shape", type=shape_text,
+                   help="comma-separated shape, e.g. 512,512,512 (needed if the log has several)")
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="directory to write the export into")
     p.add_argument("--force", action="store_true", help="replace an earlier export in DIR")
     p.add_argument("--no-check", action="store_true",
@@ -37,7 +39,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from farm.workloads.registry import parse_shape
 
     shape = parse_shape(args.shape) if args.shape else None
-    res = export_best(args.log, args.workload, args.output, device=args.device, shape=shape,
+    res = export_best(existing_file(args.log), args.workload, args.output, device=args.device, shape=shape,
                       check=not args.no_check, force=args.force)
     r = res.record
     if args.json:
@@ -56,17 +58,12 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from farm.export.plot import PlotError, plot_curves, tuning_curves
+    from farm.export.plot import plot_curves, tuning_curves
     from farm.log import load_log
 
-    loaded = load_log(args.log)
+    loaded = load_log(existing_file(args.log))
     curves = tuning_curves(loaded.records, workload=args.workload, device=args.device)
-    try:
-        plot_curves(curves, args.output, title=args.title, show_trials=not args.no_trials,
-                    yscale=args.yscale)
-    except PlotError as e:
-        print(f"farm plot: {e}", file=sys.stderr)
-        return 1
+    plot_curves(curves, args.output, title=args.title, show_trials=not args.no_trials, yscale=args.yscale)
     for c in curves:
         print(f"{c.label}: {c.trials} trials, best {c.best[-1]:.2f} GFLOPS")
     print(f"wrote {args.output}")

@@ -9,12 +9,14 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from farm.cli.args import existing_file
+from farm.cli.errors import NoResult
 from farm.log import LogRecord, best, best_per_task, load_log, matches
 
 
 def register(sub: Any) -> None:
     p = sub.add_parser("log", help="query the shared measurement log")
-    lsub = p.add_subparsers(dest="log_command", metavar="SUBCOMMAND")
+    lsub = p.add_subparsers(dest="log_command", metavar="SUBCOMMAND", required=True)
 
     b = lsub.add_parser("best", help="the fastest config (per workload and device with --all)")
     _filters(b)
@@ -33,7 +35,6 @@ def register(sub: Any) -> None:
     e.add_argument("--format", choices=["tvm"], required=True, help="tvm: AutoTVM v0.2 JSON records")
     e.add_argument("-o", "--output", help="file to write (default: stdout)")
     e.set_defaults(func=cmd_export)
-    p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
 
 
 def _filters(p: argparse.ArgumentParser) -> None:
@@ -43,7 +44,7 @@ def _filters(p: argparse.ArgumentParser) -> None:
 
 
 def _load(args: argparse.Namespace) -> list[LogRecord]:
-    recs = load_log(args.log).records
+    recs = load_log(existing_file(args.log)).records
     return [r for r in recs if matches(r, workload=args.workload, device=args.device)]
 
 
@@ -63,11 +64,12 @@ def cmd_best(args: argparse.Namespace) -> int:
             for r in rows:
                 print(f"{r['workload']}({','.join(map(str, r['args']))}) on {r['device_key']}: "
                       f"{r['gflops']:.2f} GFLOPS  config {json.dumps(r['config'])}")
-        return 0 if rows else 1
+        if not rows:
+            raise NoResult(f"no successful record in {args.log} matches")
+        return 0
     top = best(recs)
     if top is None:
-        print(f"farm log best: no successful record in {args.log} matches", file=sys.stderr)
-        return 1
+        raise NoResult(f"no successful record in {args.log} matches")
     print(json.dumps(_summary(top)) if args.json else
           f"{top.workload_id} on {top.device_key}: {top.gflops:.2f} GFLOPS "
           f"({top.median_s * 1e3:.4f} ms)  config {json.dumps(top.config)}")

@@ -1,12 +1,15 @@
 """The `farm` command line. Each command group lives in its own module that
 exposes ``register(subparsers)``; handlers take the parsed args and return an
-exit code. Logging handlers are configured here and nowhere else."""
+exit code. Logging handlers are configured here and nowhere else, and so is the
+one place where exceptions become an error line (``farm.cli.errors``)."""
 from __future__ import annotations
 
 import argparse
 import importlib
 import logging
 import sys
+
+from farm.cli import errors
 
 # Modules that add subcommands; each defines register(subparsers).
 COMMAND_MODULES = [
@@ -20,35 +23,50 @@ COMMAND_MODULES = [
 ]
 
 
+def _name_leaves(parser: argparse.ArgumentParser) -> None:
+    """Give every (sub)command's namespace its full name, e.g. ``farm log best``, for error lines."""
+    # argparse has no public walk over subparsers: its private action list is the only way.
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                sub.set_defaults(prog_name=sub.prog)  # the innermost parser's default wins
+                _name_leaves(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="farm", description="kernelfarm: cross-device kernel tuning")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more log output (-vv: debug, and the traceback of an error)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
+    _name_leaves(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv)  # usage errors: argparse prints them and exits 2
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
+        parser.print_help(sys.stderr)
+        return errors.USAGE
+    prog = getattr(args, "prog_name", "farm")
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's final flush
+        return code
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except Exception as e:  # the CLI boundary: one clear line, no traceback, unless -vv
-        from farm.errors import FarmError
-
-        if args.verbose >= 2 or not isinstance(e, (FarmError, OSError)):
-            raise
-        print(f"farm {args.command}: error: {e}", file=sys.stderr)
-        return 1
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return errors.INTERRUPTED
+    except BrokenPipeError as e:
+        if not errors.stdout_closed():  # a socket's EPIPE: an ordinary failure
+            return errors.report(prog, e, args.verbose)
+        errors.silence_stdout()  # our reader went away (| head): stop quietly
+        return errors.PIPE_CLOSED
+    except Exception as e:  # noqa: BLE001 - the CLI boundary: one clear line, the traceback only with -vv
+        return errors.report(prog, e, args.verbose)
 
 
 if __name__ == "__main__":
