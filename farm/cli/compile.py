@@ -57,12 +57,13 @@ def resolve(args: argparse.Namespace) -> tuple[Any, tuple[int, ...], Any, Any]:
 
 def _best_from_log(args: argparse.Namespace, name: str, shape: tuple[int, ...]) -> Any:
     from farm.errors import ConfigError
-    from farm.log import store as flog
+    from farm.log import best as best_of
+    from farm.log import load_log
 
     if not getattr(args, "log", None):
         raise UsageError("--config best needs --log LOG")
-    recs = flog.load_log(existing_file(args.log)).records
-    best = flog.best(recs, workload=name, device=getattr(args, "device", None), args=list(shape))
+    recs = load_log(existing_file(args.log)).records
+    best = best_of(recs, workload=name, device=getattr(args, "device", None), args=list(shape))
     if best is None:
         raise ConfigError(f"{args.log}: no successful record of {name} {list(shape)}"
                           + (f" on {args.device}" if getattr(args, "device", None) else ""))
