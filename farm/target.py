@@ -144,6 +144,120 @@ class Target:
     def to_json(self) -> str:
         return str(self)
 
+    def simd(self) -> Simd:
+        """The vector unit code for this target gets (see :class:`Simd`).
+
+        On x86-64 it is read from what LLVM generates for the CPU, so a named CPU
+        counts with the features it implies (``-mcpu=haswell``: 256-bit, FMA, 16
+        registers; ``-mcpu=skylake-avx512``: 512-bit, 32 registers), which the
+        properties above, reading only the explicit ``-mattr``, do not see."""
+        latency, pipes = nominal_fma(self.cpu)
+        if self.kind != "llvm":
+            return Simd(self.vector_bits, self.num_vector_registers, False, 0, latency, pipes)
+        if self.arch != "x86_64":
+            fma = self.arch == "aarch64" or self.has("vfp4") or self.has("neon")
+            return Simd(self.vector_bits, self.num_vector_registers, fma, 0, latency, pipes)
+        bits, fma, int_bits = _x86_codegen_widths(self.triple, self.cpu, self.features)
+        return Simd(bits, 32 if bits >= 512 else 16, fma, int_bits, latency, pipes)
+
+    def with_isa_features(self) -> Target:
+        """This target with the vector features its CPU implies written into ``-mattr``
+        (``llvm -mcpu=haswell`` -> ``... -mattr=+avx,+avx2,+fma``), so that
+        ``vector_bits``, ``num_vector_registers``, ``runs_on_host`` and the templates'
+        knob ranges, which read the explicit features, describe the code LLVM emits.
+        The generated code does not change: the CPU implied those features already."""
+        if self.kind != "llvm" or self.arch != "x86_64":
+            return self
+        s = self.simd()
+        implied = [f for f, on in (("+avx", s.bits >= 256), ("+avx2", s.int_bits >= 256), ("+fma", s.fma),
+                                   ("+avx512f", s.bits >= 512)) if on]
+        have = set(filter(None, self.features.split(",")))
+        add = [f for f in implied if f not in have and f"-{f[1:]}" not in have]
+        if not add:
+            return self
+        feats = ",".join(f for f in [self.features, *add] if f)
+        return Target(self.kind, self.triple, self.cpu, feats, dict(self.options, **{"-mattr": feats}))
+
+
+@dataclass(frozen=True)
+class Simd:
+    """A target's vector unit, as far as a kernel's register tile or an FMA loop cares.
+
+    ``fma_latency`` (cycles) and ``fma_pipes`` (FMAs issued per cycle) are nominal
+    values for the CPU's family (:func:`nominal_fma`); a device's registration probe
+    (``devices.fingerprint``) measures its own."""
+
+    bits: int  # widest float vector one register holds
+    registers: int  # architectural vector registers
+    fma: bool  # fused multiply-add instructions
+    int_bits: int  # widest integer vector (x86: 256 means AVX2); 0 where not probed
+    fma_latency: int
+    fma_pipes: int
+
+    @property
+    def lanes_f32(self) -> int:
+        return max(1, self.bits // 32)
+
+    @property
+    def fmas_in_flight(self) -> int:
+        """Independent FMAs the pipes need in flight to issue one every cycle on each."""
+        return self.fma_latency * self.fma_pipes
+
+
+# FMA latency in cycles of CPU families (vendor optimization manuals) whose value is not
+# DEFAULT_FMA_LATENCY, by LLVM CPU-name prefix. Unknown CPUs get the default: sizing
+# independent FMA chains for a longer latency than the real one costs nothing.
+_FMA_LATENCY = (("skylake", 4), ("cascadelake", 4), ("cooperlake", 4), ("cannonlake", 4), ("icelake", 4),
+                ("tigerlake", 4), ("rocketlake", 4), ("alderlake", 4), ("raptorlake", 4), ("meteorlake", 4),
+                ("arrowlake", 4), ("lunarlake", 4), ("sapphirerapids", 4), ("emeraldrapids", 4),
+                ("graniterapids", 4), ("znver3", 4), ("znver4", 4), ("znver5", 4), ("neoverse", 4), ("apple", 4),
+                ("cortex-a53", 4), ("cortex-a55", 4), ("cortex-a57", 10), ("cortex-a72", 7), ("cortex-a73", 7))
+DEFAULT_FMA_LATENCY = 5
+DEFAULT_FMA_PIPES = 2
+
+
+def nominal_fma(cpu: str) -> tuple[int, int]:
+    """(FMA latency in cycles, FMA pipes) nominal for an LLVM CPU name."""
+    for prefix, latency in _FMA_LATENCY:
+        if cpu.startswith(prefix):
+            return latency, DEFAULT_FMA_PIPES
+    return DEFAULT_FMA_LATENCY, DEFAULT_FMA_PIPES
+
+
+_X86_PROBE = """
+declare <16 x float> @llvm.fma.v16f32(<16 x float>, <16 x float>, <16 x float>)
+define <16 x float> @kf_probe_fadd(<16 x float> %a, <16 x float> %b) {
+  %r = fadd <16 x float> %a, %b
+  ret <16 x float> %r
+}
+define <16 x float> @kf_probe_fma(<16 x float> %a, <16 x float> %b, <16 x float> %c) {
+  %r = call <16 x float> @llvm.fma.v16f32(<16 x float> %a, <16 x float> %b, <16 x float> %c)
+  ret <16 x float> %r
+}
+define <16 x i32> @kf_probe_int(<16 x i32> %a, <16 x i32> %b) {
+  %r = add <16 x i32> %a, %b
+  ret <16 x i32> %r
+}
+"""
+
+
+def _x86_widest(asm: str, mnemonics: tuple[str, ...]) -> int:
+    """Widest register (bits) on the lines that use one of these instructions; 0 if none does."""
+    regs = (("%zmm", 512), ("%ymm", 256), ("%xmm", 128))
+    lines = [ln for ln in asm.splitlines() if ln.strip().split("\t")[0] in mnemonics]
+    return max((bits for ln in lines for reg, bits in regs if reg in ln), default=0)
+
+
+@functools.lru_cache(maxsize=64)
+def _x86_codegen_widths(triple: str, cpu: str, features: str) -> tuple[int, bool, int]:
+    """(float vector bits, FMA, integer vector bits) of the code LLVM emits for this CPU:
+    the registers its wide float add, FMA and integer add are compiled to."""
+    llvm = _llvm()
+    tm = llvm.Target.from_triple(triple).create_target_machine(cpu=cpu, features=features, opt=2)
+    asm = str(tm.emit_assembly(llvm.parse_assembly(_X86_PROBE)))
+    fma = any(ln.strip().startswith("vfmadd") for ln in asm.splitlines())
+    return (max(32, _x86_widest(asm, ("addps", "vaddps"))), fma, _x86_widest(asm, ("paddd", "vpaddd")))
+
 
 def _arch_of(triple: str) -> str:
     a = triple.split("-", 1)[0]
