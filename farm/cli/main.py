@@ -49,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)  # usage errors: argparse prints them and exits 2
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.verbose < 2:
+        # paramiko's transport thread logs a failed SSH connection with its traceback; the failure
+        # reaches the user already, translated (DeviceUnreachable), on its device's line.
+        logging.getLogger("paramiko").setLevel(logging.CRITICAL)
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return errors.USAGE
