@@ -23,12 +23,23 @@ import hmac
 import logging
 import os
 import secrets
+import ssl
 from collections.abc import Mapping
 from typing import Any
 
-from rpc.codec import PROTOCOL_VERSIONS
-from rpc.errors import AuthError, ProtocolError, RpcError, VersionMismatch, from_wire, to_wire
-from rpc.transport import Connection
+from rpc import fields
+from rpc.codec import PROTOCOL_VERSIONS, Limits
+from rpc.errors import (
+    AuthError,
+    BadRequest,
+    ConnectionLost,
+    ProtocolError,
+    RpcError,
+    VersionMismatch,
+    from_wire,
+    to_wire,
+)
+from rpc.transport import Connection, open_connection
 
 log = logging.getLogger(__name__)
 
@@ -52,14 +63,25 @@ def check_proof(expected: str, got: Any) -> bool:
     return hmac.compare_digest(expected.encode(), got.encode())
 
 
-def _valid_nonce(n: Any) -> bool:
-    return isinstance(n, str) and len(n) == 2 * NONCE_BYTES and all(c in "0123456789abcdef" for c in n)
+def _checked(msg: Any, op: str) -> dict[str, Any]:
+    """The fields of a handshake message of op ``op`` (rpc.fields); anything else is refused."""
+    if msg.op != op and not (op == "welcome" and msg.op == "error"):
+        raise ProtocolError(f"expected {op!r}, got {msg.op!r:.40}")
+    return fields.validate(fields.HANDSHAKE, msg.op, msg.header)
+
+
+async def _refuse(conn: Connection, err: RpcError) -> None:
+    """Answer a refused handshake (best effort), so the peer can say why in one line."""
+    try:
+        await conn.send({"op": "error", "error": to_wire(err)})
+    except RpcError:
+        pass
 
 
 async def accept(
     conn: Connection, token: bytes, versions: tuple[int, ...] = PROTOCOL_VERSIONS, timeout: float = HANDSHAKE_TIMEOUT
 ) -> tuple[str, int]:
-    """Acceptor side. Returns (role, version); raises AuthError/VersionMismatch/ProtocolError.
+    """Acceptor side. Returns (role, version); raises AuthError/VersionMismatch/ProtocolError/BadRequest.
 
     The caller keeps pre-auth frame limits until this returns, so an
     unauthenticated peer can never make us read a large body.
@@ -67,20 +89,22 @@ async def accept(
     server_nonce = make_nonce()
     await conn.send({"op": "hello", "versions": list(versions), "nonce": server_nonce})
     msg = await conn.recv(idle_timeout=timeout)
-    h = msg.header
     if msg.op != "auth":
         raise ProtocolError(f"expected 'auth' first, got {msg.op!r:.40}")
-    version, role, client_nonce = h.get("version"), h.get("role"), h.get("nonce")
-    if not isinstance(role, str) or not _valid_nonce(client_nonce) or not isinstance(version, int):
-        raise ProtocolError("malformed auth message")
+    try:
+        h = _checked(msg, "auth")
+    except BadRequest as e:
+        await _refuse(conn, e)
+        raise
+    version, role, client_nonce = h["version"], h["role"], h["nonce"]
     if version not in versions:
         err = VersionMismatch(f"peer chose protocol version {version}, this side speaks {list(versions)}")
-        await conn.send({"op": "error", "error": to_wire(err)})
+        await _refuse(conn, err)
         raise err
     want = proof(token, "kf-dialer", version, role, server_nonce, client_nonce)
     if not check_proof(want, h.get("proof")):
         # Same answer for wrong and missing tokens: nothing to learn from it.
-        await conn.send({"op": "error", "error": to_wire(AuthError("authentication failed"))})
+        await _refuse(conn, AuthError("authentication failed"))
         raise AuthError(f"{conn.peer}: bad token proof (role {role!r:.20})")
     await conn.send(
         {
@@ -99,16 +123,23 @@ async def dial(
     versions: tuple[int, ...] = PROTOCOL_VERSIONS,
     timeout: float = HANDSHAKE_TIMEOUT,
 ) -> int:
-    """Dialer side. Returns the agreed version; raises AuthError/VersionMismatch/ProtocolError."""
+    """Dialer side. Returns the agreed version; raises AuthError/VersionMismatch/ProtocolError/BadRequest.
+
+    ``timeout`` bounds each read; ``dial_address`` puts the whole exchange under one budget."""
     msg = await conn.recv(idle_timeout=timeout)
-    if msg.op != "hello" or not _valid_nonce(msg.header.get("nonce")):
+    if msg.op != "hello":
         raise ProtocolError(f"expected 'hello' from {conn.peer}, got {msg.op!r:.40}")
-    theirs = msg.header.get("versions")
-    common = set(versions) & set(theirs if isinstance(theirs, list) else [])
+    try:
+        hello = _checked(msg, "hello")
+    except BadRequest as e:
+        await _refuse(conn, e)
+        raise
+    common = set(versions) & set(hello["versions"])
     if not common:
+        theirs = hello["versions"]
         raise VersionMismatch(f"{conn.peer} speaks protocol versions {theirs!r:.60}, this side {list(versions)}")
     version = max(common)
-    server_nonce = str(msg.header["nonce"])
+    server_nonce = hello["nonce"]
     client_nonce = make_nonce()
     reply = await conn.request(
         {
@@ -120,12 +151,39 @@ async def dial(
         },
         timeout=timeout,
     )
+    answer = _checked(reply, "welcome")
     if reply.op == "error":
-        raise from_wire(reply.header.get("error"))
+        raise from_wire(answer["error"])
     want = proof(token, "kf-acceptor", version, role, server_nonce, client_nonce)
-    if reply.op != "welcome" or not check_proof(want, reply.header.get("proof")):
+    if not check_proof(want, answer["proof"]):
         raise AuthError(f"{conn.peer} could not prove it holds the token")
     return version
+
+
+async def dial_address(
+    host: str, port: int, token: bytes, role: str, *, ssl_context: ssl.SSLContext | None = None,
+    timeout: float = HANDSHAKE_TIMEOUT,
+) -> Connection:
+    """Connect and authenticate under ONE budget of ``timeout`` seconds, TCP connect included.
+
+    Per-read deadlines alone let a peer that sends half a hello and stalls hold the dialer for a
+    frame deadline (30 s) on top of the handshake's; PROTOCOL.md promises 10 s in all.
+    Returns the connection with post-auth limits; raises ConnectionLost when the budget runs out."""
+    conn: Connection | None = None
+    try:
+        async with asyncio.timeout(timeout):
+            conn = await open_connection(host, port, timeout=timeout, ssl_context=ssl_context)
+            await dial(conn, token, role, timeout=timeout)
+    except TimeoutError:
+        if conn is not None:
+            conn.abort()
+        raise ConnectionLost(f"{host}:{port}: no handshake within {timeout:.1f}s") from None
+    except BaseException:
+        if conn is not None:
+            conn.abort()
+        raise
+    conn.limits = Limits()  # authenticated: artifacts may now flow
+    return conn
 
 
 async def accept_with_deadline(conn: Connection, token: bytes, timeout: float = HANDSHAKE_TIMEOUT) -> tuple[str, int]:

@@ -7,8 +7,11 @@ arrive as ``job_done``/``job_failed`` and resolve per-job futures.
 Artifacts are content-addressed: before uploading, the client asks the tracker
 (``has``) whether it already holds the hash, and remembers what it sent, so
 the same code crosses the wire once. Results are plain MeasureResult JSON
-dicts here; ``farm.client_api`` turns them into records (rpc/ does not import
-farm).
+dicts here; ``farm.client.session`` turns them into records.
+
+Everything the tracker sends is checked against ``rpc.fields`` before it is used.
+``Client`` (the blocking facade) can outlive the tracker: with ``max_outage_s``
+above 0 it re-dials after a lost connection and resubmits (``rpc.redial``).
 """
 from __future__ import annotations
 
@@ -21,12 +24,19 @@ import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-from rpc import auth, codec
-from rpc.errors import ArtifactMissing, ConnectionLost, ProtocolError, RpcError, from_wire
-from rpc.transport import Connection, open_connection, parse_address
+from rpc import auth, codec, fields
+from rpc.errors import ArtifactMissing, BadRequest, ConnectionLost, ProtocolError, RpcError, from_wire
+from rpc.ratelog import PerPeerLog
+from rpc.redial import RedialClient
+from rpc.transport import Connection, parse_address
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+# How long a session re-dials a tracker that went away before its calls and jobs fail.
+# One setting for every client of the farm: campaigns (`farm tune --max-outage`),
+# `farm measure --max-outage` and `farm.connect(max_outage_s=...)`.
+MAX_OUTAGE_S = 300.0
 
 
 class AsyncClient:
@@ -41,20 +51,43 @@ class AsyncClient:
         self._known: set[str] = set()  # hashes the tracker holds (we sent them or it said so)
         self._reader = asyncio.create_task(self._read_loop())
         self._closed_error: RpcError | None = None
+        self._complaints = PerPeerLog(log)
 
     @classmethod
     async def connect(
         cls, address: str, token: bytes, *, ssl_context: ssl.SSLContext | None = None, timeout: float = 10.0
     ) -> AsyncClient:
+        """Dial and authenticate within ``timeout`` seconds in all (TCP connect included)."""
         host, port = parse_address(address)
-        conn = await open_connection(host, port, timeout=timeout, ssl_context=ssl_context)
-        try:
-            await auth.dial(conn, token, "client", timeout=timeout)
-        except BaseException:
-            conn.abort()
-            raise
-        conn.limits = codec.Limits()
-        return cls(conn)
+        return cls(await auth.dial_address(host, port, token, "client", ssl_context=ssl_context, timeout=timeout))
+
+    @property
+    def lost(self) -> bool:
+        """The connection is gone (closed, aborted, or the tracker hung up)."""
+        return self._closed_error is not None or self.conn.closed
+
+    async def wait_lost(self) -> RpcError:
+        """Wait until the connection is gone; returns why."""
+        await asyncio.shield(self._reader)
+        return self._closed_error or ConnectionLost("connection closed")
+
+    def job_future(self, job_id: str) -> asyncio.Future[dict[str, Any]]:
+        """The future a job's result (or failure) will resolve; ``forget`` it once it is done."""
+        return self._jobs.setdefault(job_id, asyncio.get_running_loop().create_future())
+
+    def forget(self, job_id: str) -> None:
+        self._jobs.pop(job_id, None)
+
+    def _refused(self, msg: codec.Message, err: BadRequest) -> None:
+        """A message from the tracker with a field we cannot use: fail what waits for it, or say so."""
+        rid, job_id = fields.rid_of(msg.header), msg.header.get("job_id")
+        waiter = self._calls.pop(rid, None) if rid is not None else None
+        if waiter is None and isinstance(job_id, str) and msg.op in ("job_done", "job_failed"):
+            waiter = self._jobs.get(job_id)
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(BadRequest(f"the tracker sent {err}"))
+        else:
+            self._complaints.warning(self.conn.peer, "ignoring a message from tracker %s: %s", self.conn.peer, err)
 
     async def _read_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -62,10 +95,14 @@ class AsyncClient:
         try:
             while True:
                 msg = await self.conn.recv()
-                h = msg.header
+                try:
+                    h = fields.validate(fields.TRACKER_TO_CLIENT, msg.op, msg.header)
+                except BadRequest as e:
+                    self._refused(msg, e)
+                    continue
                 if msg.op in ("reply", "error"):
-                    fut = self._calls.pop(h.get("rid"), None)  # type: ignore[arg-type]
-                    if "job_id" in h and msg.op == "reply":
+                    fut = self._calls.pop(h["rid"], None) if h.get("rid") is not None else None
+                    if isinstance(h.get("job_id"), str) and msg.op == "reply":
                         self._jobs.setdefault(h["job_id"], loop.create_future())
                     if fut is not None and not fut.done():
                         if msg.op == "reply":
@@ -73,16 +110,14 @@ class AsyncClient:
                         else:
                             fut.set_exception(from_wire(h.get("error")))
                 elif msg.op in ("job_done", "job_failed"):
-                    job = self._jobs.setdefault(str(h.get("job_id")), loop.create_future())
+                    job = self._jobs.setdefault(h["job_id"], loop.create_future())
                     if not job.done():
                         if msg.op == "job_done":
-                            job.set_result(h.get("result") or {})
+                            job.set_result(h["result"])
                         else:
-                            job.set_exception(from_wire(h.get("error")))
-                elif msg.op == "lease_lost":
-                    self.lost_leases[str(h.get("lease_id"))] = str((h.get("error") or {}).get("message", ""))
-                else:
-                    log.warning("ignoring unexpected %r from tracker", msg.op)
+                            job.set_exception(from_wire(h["error"]))
+                else:  # lease_lost: the table knows no other op
+                    self.lost_leases[h["lease_id"]] = h["error"]["message"]
         except (RpcError, OSError) as e:
             err = e if isinstance(e, RpcError) else ConnectionLost(str(e))
         except asyncio.CancelledError:
@@ -94,20 +129,27 @@ class AsyncClient:
         self.conn.abort()
 
     async def call(
-        self, op: str, blobs: tuple[bytes, ...] = (), timeout: float | None = None, **fields: Any
+        self, op: str, blobs: tuple[bytes, ...] = (), timeout: float | None = None, **request: Any
     ) -> dict[str, Any]:
-        """One request/response; raises the remote error's own type."""
+        """One request/response; raises the remote error's own type. The reply's fields are
+        checked (``rpc.fields.REPLIES``): a field we cannot use is a BadRequest naming it."""
         if self._closed_error is not None:
             raise ConnectionLost(f"tracker connection lost: {self._closed_error}")
         rid = next(self._rids)
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._calls[rid] = fut
         try:
-            await self.conn.send({"op": op, "rid": rid, **fields}, blobs)
+            await self.conn.send({"op": op, "rid": rid, **request}, blobs)
             async with asyncio.timeout(timeout):
-                return await fut
+                reply = await fut
         finally:
             self._calls.pop(rid, None)
+        if op not in fields.REPLIES:  # an op this side has no schema for: the caller reads it
+            return reply
+        try:
+            return fields.validate(fields.REPLIES, op, reply)
+        except BadRequest as e:
+            raise BadRequest(f"the tracker's reply to {e}") from None
 
     async def submit(
         self,
@@ -126,12 +168,12 @@ class AsyncClient:
             raise ProtocolError("artifact header has no hash")
         if art_hash not in self._known and art_hash in (await self.call("has", hashes=[art_hash]))["has"]:
             self._known.add(art_hash)
-        fields = dict(key=key, artifact=artifact, options=options or {}, priority=priority,
-                      queue_timeout_s=queue_timeout_s, lease_id=lease_id)
+        request: dict[str, Any] = dict(key=key, artifact=artifact, options=options or {}, priority=priority,
+                                       queue_timeout_s=queue_timeout_s, lease_id=lease_id)
         try:
-            reply = await self.call("submit", () if art_hash in self._known else (code,), **fields)
+            reply = await self.call("submit", () if art_hash in self._known else (code,), **request)
         except ArtifactMissing:  # the tracker evicted it since: send it after all
-            reply = await self.call("submit", (code,), **fields)
+            reply = await self.call("submit", (code,), **request)
         self._known.add(art_hash)
         return str(reply["job_id"])
 
@@ -165,32 +207,59 @@ class AsyncClient:
 
 
 class Client:
-    """Blocking facade over AsyncClient; its event loop runs in a daemon thread."""
+    """Blocking facade over a tracker session; its event loop runs in a daemon thread.
+
+    The first dial happens here and fails at once if the tracker cannot be reached. With
+    ``max_outage_s`` > 0 a connection lost later is re-dialled and unfinished jobs are
+    resubmitted (``rpc.redial``); with 0 (the default here, what tests and the campaign
+    driver want) a lost connection fails every pending call and job with ConnectionLost.
+    ``farm.connect`` passes ``MAX_OUTAGE_S``.
+    """
 
     def __init__(
-        self, address: str, token: bytes, *, ssl_context: ssl.SSLContext | None = None, timeout: float = 10.0
+        self, address: str, token: bytes, *, ssl_context: ssl.SSLContext | None = None, timeout: float = 10.0,
+        max_outage_s: float = 0.0,
     ) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="kf-rpc-client", daemon=True)
         self._thread.start()
+
+        async def dial(budget: float) -> AsyncClient:
+            return await AsyncClient.connect(address, token, ssl_context=ssl_context, timeout=budget)
+
+        async def start() -> RedialClient:
+            return RedialClient(await dial(timeout), dial, address=address, max_outage_s=max_outage_s,
+                                dial_timeout=timeout)
+
         try:
-            self._async: AsyncClient = self._run(
-                AsyncClient.connect(address, token, ssl_context=ssl_context, timeout=timeout)
-            )
+            self._async: RedialClient = self._run(start())
         except BaseException:
             self._stop_loop()
             raise
 
     def _run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+        return self._schedule(coro).result(timeout)
+
+    def _schedule(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        # A closed session must say so, not leave a coroutine that never runs ("... was never
+        # awaited" warnings, e.g. a progress read on a session the campaign already replaced).
+        if self._loop.is_closed() or not self._thread.is_alive():
+            coro.close()
+            raise ConnectionLost("client closed")
+        try:
+            return asyncio.run_coroutine_threadsafe(coro, self._loop)
+        except RuntimeError:  # the loop closed between the check and the call
+            coro.close()
+            raise ConnectionLost("client closed") from None
 
     def submit(
         self, artifact: dict[str, Any], code: bytes, key: str, options: dict[str, Any] | None = None, **kw: Any
     ) -> str:
+        """Queue one job; returns its id (kept across re-dials, see ``rpc.redial``)."""
         return self._run(self._async.submit(artifact, code, key, options, **kw))
 
     def result_future(self, job_id: str) -> concurrent.futures.Future[dict[str, Any]]:
-        return asyncio.run_coroutine_threadsafe(self._async.result(job_id), self._loop)
+        return self._schedule(self._async.result(job_id))
 
     def result(self, job_id: str, timeout: float | None = None) -> dict[str, Any]:
         return self._run(self._async.result(job_id, timeout))
@@ -213,16 +282,26 @@ class Client:
         self._run(self._async.call("ping", timeout=timeout), timeout=timeout + 1.0)
 
     def abort(self) -> None:
-        """Drop the connection now: pending calls and job results fail with ConnectionLost."""
-        self._loop.call_soon_threadsafe(self._async.conn.abort)
+        """Drop the connection now: pending calls fail with ConnectionLost; jobs are
+        resubmitted after a re-dial, or (``max_outage_s`` 0) fail with ConnectionLost too."""
+        if not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._async.abort)
 
-    def call(self, op: str, timeout: float | None = None, **fields: Any) -> dict[str, Any]:
+    def call(self, op: str, timeout: float | None = None, **request: Any) -> dict[str, Any]:
         """Any named request (e.g. ``log_query``); returns the reply's fields."""
-        return self._run(self._async.call(op, timeout=timeout, **fields))
+        return self._run(self._async.call(op, timeout=timeout, **request))
 
     @property
     def lost_leases(self) -> dict[str, str]:
         return self._async.lost_leases
+
+    @property
+    def reconnects(self) -> int:
+        return self._async.reconnects
+
+    @property
+    def resubmitted(self) -> int:
+        return self._async.resubmitted
 
     def close(self) -> None:
         if self._thread.is_alive():

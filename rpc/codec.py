@@ -60,6 +60,7 @@ class Limits:
     max_json: int = MAX_JSON
 
 
+DEFAULT_LIMITS = Limits()
 PREAUTH_LIMITS = Limits(max_frame=PREAUTH_MAX_FRAME, max_json=PREAUTH_MAX_FRAME)
 
 

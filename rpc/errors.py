@@ -1,8 +1,8 @@
 """The RPC layer's exception tree, and its wire form.
 
-rpc/ must import without numpy/llvmlite, and ``farm/__init__`` may pull them
-in, so these do not subclass ``farm.errors.FarmError``; the CLI and the
-laptop API translate them at their boundaries.
+These do not subclass ``farm.errors.FarmError``: the RPC layer stands on its
+own (it imports only farm's records and error module, which are standard
+library only); the CLI and the laptop API translate them at their boundaries.
 
 Errors cross the wire as ``{"type": <class name>, "message": ...}`` and are
 re-raised on the caller's side as the same class (``from_wire``); a type the
@@ -11,6 +11,8 @@ caller does not know becomes ``RemoteError`` with the remote type kept.
 from __future__ import annotations
 
 from typing import Any
+
+from farm.records.measure import Outcome
 
 
 class RpcError(Exception):
@@ -96,20 +98,23 @@ class LoadFailed(MeasurementFailed):
     """LOAD_ERROR: the device could not load the artifact."""
 
 
-# Outcome name -> exception class, for MeasurementFailed.for_outcome.
-_BY_OUTCOME: dict[str, type[MeasurementFailed]] = {
-    "RUNTIME_ERROR": KernelCrashed,
-    "RUN_TIMEOUT": KernelHung,
-    "WRONG_ANSWER": WrongAnswer,
-    "DEVICE_LOST": DeviceLost,
-    "LOAD_ERROR": LoadFailed,
+# Outcome -> exception class, for failure_for.
+_BY_OUTCOME: dict[Outcome, type[MeasurementFailed]] = {
+    Outcome.RUNTIME_ERROR: KernelCrashed,
+    Outcome.RUN_TIMEOUT: KernelHung,
+    Outcome.WRONG_ANSWER: WrongAnswer,
+    Outcome.DEVICE_LOST: DeviceLost,
+    Outcome.LOAD_ERROR: LoadFailed,
 }
 
 
-def failure_for(outcome: str, message: str, result: Any = None) -> MeasurementFailed:
-    """The MeasurementFailed subclass for an outcome name."""
-    cls = _BY_OUTCOME.get(outcome, MeasurementFailed)
-    return cls(f"{outcome}: {message}", result)
+def failure_for(outcome: Outcome | str, message: str, result: Any = None) -> MeasurementFailed:
+    """The MeasurementFailed subclass for an outcome (or its name)."""
+    try:
+        outcome = Outcome(outcome)
+    except ValueError:
+        return MeasurementFailed(f"{outcome}: {message}", result)
+    return _BY_OUTCOME.get(outcome, MeasurementFailed)(f"{outcome.value}: {message}", result)
 
 
 # Only these may be re-created from the wire: a peer must not make us

@@ -17,6 +17,7 @@ import sys
 import time
 from typing import Any
 
+from farm.records.measure import Outcome
 from rpc import codec
 from rpc.errors import ProtocolError
 
@@ -25,8 +26,8 @@ log = logging.getLogger(__name__)
 READY_TIMEOUT_S = 120.0
 
 
-def _error(outcome: str, message: str, flops: float = 0.0) -> dict[str, Any]:
-    return {"outcome": outcome, "message": message, "costs": [], "flops": flops}
+def _error(outcome: Outcome, message: str, flops: float = 0.0) -> dict[str, Any]:
+    return {"outcome": outcome.value, "message": message, "costs": [], "flops": flops}
 
 
 class WorkerProcess:
@@ -79,7 +80,7 @@ class WorkerProcess:
             return msg.header["result"], True
         except TimeoutError:
             await self.kill()
-            return _error("RUN_TIMEOUT", f"killed after the hard timeout of {hard_timeout:.1f}s", flops), False
+            return _error(Outcome.RUN_TIMEOUT, f"killed after the hard timeout of {hard_timeout:.1f}s", flops), False
         except (asyncio.IncompleteReadError, ConnectionError, ProtocolError) as e:
             code_ = await self.kill()
             if code_ is not None and code_ < 0:
@@ -90,7 +91,7 @@ class WorkerProcess:
             else:
                 why = f"exited with status {code_}" if code_ is not None else f"{type(e).__name__}"
             log.warning("job child %s after %.2fs", why, time.monotonic() - t0)
-            return _error("RUNTIME_ERROR", f"kernel process {why}", flops), False
+            return _error(Outcome.RUNTIME_ERROR, f"kernel process {why}", flops), False
 
     async def kill(self) -> int | None:
         """SIGKILL and reap; returns the exit status (negative: signal)."""

@@ -22,14 +22,14 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import math
 from collections import deque
 from dataclasses import dataclass, field, replace
-from typing import Any, Union
+from typing import Any
+
+from farm.records.measure import Outcome
 
 log = logging.getLogger(__name__)
-
-# Outcome names as strings: the tracker must not import farm (numpy at import).
-DEVICE_LOST = "DEVICE_LOST"
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ class DropDevice:
     reason: str
 
 
-Action = Union[Dispatch, JobDone, JobFailed, LeaseGranted, LeaseFailed, DropDevice]
+Action = Dispatch | JobDone | JobFailed | LeaseGranted | LeaseFailed | DropDevice
 
 
 @dataclass(eq=False)
@@ -134,6 +134,12 @@ class _Lease:
 
 def _err(type_: str, message: str) -> dict[str, str]:
     return {"type": type_, "message": message}
+
+
+def _check_finite(*times: float | None) -> None:
+    for t in times:
+        if t is not None and not math.isfinite(t):
+            raise ValueError(f"deadline {t!r} is not a finite time")
 
 
 class SchedulerQueue:
@@ -195,7 +201,7 @@ class SchedulerQueue:
                 job.state = "done"
                 del self.jobs[job_id]
                 msg = f"device {dev.name} lost ({reason}) after {job.attempts} attempt(s)"
-                result = {"outcome": DEVICE_LOST, "message": msg, "device_key": dev.key}
+                result = {"outcome": Outcome.DEVICE_LOST.value, "message": msg, "device_key": dev.key}
                 actions.append(JobDone(job_id, job.spec.client_id, result))
             else:
                 log.info("requeue %s (attempt %d) after losing %s", job_id, job.attempts, dev.name)
@@ -207,6 +213,9 @@ class SchedulerQueue:
     def submit(self, spec: JobSpec, now: float) -> list[Action]:
         if spec.job_id in self.jobs:
             raise ValueError(f"duplicate job id {spec.job_id}")
+        # The wire is checked (rpc.fields), but one NaN in a deadline heap would stop every
+        # deadline behind it, so the heap's own entrance refuses it too.
+        _check_finite(spec.queue_deadline, spec.run_budget_s)
         job = _Job(spec, next(self._seq))
         if spec.lease_id is not None:
             lease = self.leases.get(spec.lease_id)
@@ -223,25 +232,34 @@ class SchedulerQueue:
 
     def finish(self, device_id: str, job_id: str, result: dict[str, Any], now: float) -> list[Action]:
         """A device reported a result. Stale reports (job requeued meanwhile) are ignored."""
+        return self._end(device_id, job_id, now, result=result)
+
+    def refuse(self, device_id: str, job_id: str, error: dict[str, str], now: float) -> list[Action]:
+        """The device refused the job (a field it could not accept): the client gets the error."""
+        return self._end(device_id, job_id, now, error=error)
+
+    def _end(self, device_id: str, job_id: str, now: float, *, result: dict[str, Any] | None = None,
+             error: dict[str, str] | None = None) -> list[Action]:
         dev = self.devices.get(device_id)
         job = self.jobs.get(job_id)
         if dev is None or job is None or job.device_id != device_id or job_id not in dev.running:
-            log.info("ignoring stale result for %s from %s", job_id, device_id)
+            log.info("ignoring stale report on %s from %s", job_id, device_id)
             return []
         dev.running.discard(job_id)
         dev.busy_s += now - job.started
         dev.last_seen = now
         dev.jobs_done += 1
-        outcome = str(result.get("outcome", ""))
-        if outcome != "OK":
+        outcome = str(result.get("outcome", "")) if result is not None else str((error or {}).get("type"))
+        if outcome != Outcome.OK.value:
             dev.errors += 1
-            dev.last_error = f"{outcome}: {str(result.get('message', ''))[:200]}"
+            dev.last_error = f"{outcome}: {str((result or error or {}).get('message', ''))[:200]}"
         job.state = "done"
         del self.jobs[job_id]
         self.completed += 1
         actions: list[Action] = []
         if job.spec.client_id:  # empty: the client left; nobody to tell
-            actions.append(JobDone(job_id, job.spec.client_id, result))
+            actions.append(JobDone(job_id, job.spec.client_id, result) if result is not None
+                           else JobFailed(job_id, job.spec.client_id, error or {}))
         return actions + self._slot_freed(dev, now)
 
     # ---- leases --------------------------------------------------------
@@ -250,6 +268,7 @@ class SchedulerQueue:
     ) -> list[Action]:
         if lease_id in self.jobs or lease_id in self.leases:
             raise ValueError(f"duplicate lease id {lease_id}")
+        _check_finite(deadline)
         spec = JobSpec(lease_id, key, client_id, priority, deadline)
         job = _Job(spec, next(self._seq), is_lease=True)
         self.jobs[lease_id] = job
@@ -278,7 +297,7 @@ class SchedulerQueue:
     def client_gone(self, client_id: str, now: float) -> list[Action]:
         """Cancel the client's pending work and leases; running jobs finish unreported."""
         actions: list[Action] = []
-        for lease in [l for l in self.leases.values() if l.client_id == client_id]:
+        for lease in [le for le in self.leases.values() if le.client_id == client_id]:
             actions += self.release_lease(lease.lease_id, now)
         for job_id, job in list(self.jobs.items()):
             if job.spec.client_id != client_id:
@@ -388,43 +407,7 @@ class SchedulerQueue:
 
     # ---- reporting -----------------------------------------------------
     def summary(self, now: float) -> dict[str, Any]:
-        """Keys with free/busy/leased/pending counts, and per-device health."""
-        keys: dict[str, dict[str, int]] = {}
-        for dev in self.devices.values():
-            k = keys.setdefault(dev.key, {"devices": 0, "free": 0, "busy": 0, "leased": 0, "pending": 0})
-            k["devices"] += 1
-            if dev.lease_id is not None:
-                k["leased"] += 1
-            elif dev.running:
-                k["busy"] += 1
-            else:
-                k["free"] += 1
-        for job in self.jobs.values():
-            if job.state == "pending" and job.spec.lease_id is None:
-                keys.setdefault(
-                    job.spec.key, {"devices": 0, "free": 0, "busy": 0, "leased": 0, "pending": 0}
-                )["pending"] += 1
-        devices = []
-        for dev in self.devices.values():
-            up = max(now - dev.joined, 1e-9)
-            running_s = sum(now - self.jobs[j].started for j in dev.running)
-            silent = now - dev.last_seen
-            devices.append(
-                {
-                    "device_id": dev.device_id,
-                    "name": dev.name,
-                    "key": dev.key,
-                    "state": "leased" if dev.lease_id else ("busy" if dev.running else "free"),
-                    "health": "ok" if silent <= self.heartbeat_timeout / 2 else "late",
-                    "last_seen_s": round(silent, 3),
-                    "running": len(dev.running),
-                    "capacity": dev.capacity,
-                    "jobs_done": dev.jobs_done,
-                    "errors": dev.errors,
-                    "last_error": dev.last_error,
-                    "utilization": round(min(1.0, (dev.busy_s + running_s) / (up * dev.capacity)), 4),
-                    "busy_s": round(dev.busy_s + running_s, 4),  # cumulative: idle shares over any window
-                    "fingerprint": dev.fingerprint,
-                }
-            )
-        return {"keys": keys, "devices": devices, "completed": self.completed}
+        """Keys with free/busy/leased/pending counts, and per-device health (``rpc.report``)."""
+        from rpc.report import summarize
+
+        return summarize(self, now)

@@ -22,11 +22,13 @@ import ssl
 from collections.abc import Callable
 from typing import Any
 
-from rpc import auth, codec
+from farm.records.measure import Outcome
+from rpc import auth, codec, fields
 from rpc.artifacts import ArtifactStore, checked_hash
-from rpc.errors import ConnectionLost, ProtocolError, RpcError, from_wire
+from rpc.errors import BadRequest, ConnectionLost, ProtocolError, RpcError, from_wire, to_wire
 from rpc.isolation import WorkerPool
-from rpc.transport import Connection, backoff_delays, open_connection, parse_address
+from rpc.ratelog import PerPeerLog
+from rpc.transport import Connection, backoff_delays, parse_address
 
 log = logging.getLogger(__name__)
 
@@ -48,19 +50,22 @@ class DeviceServer:
         backoff_cap: float = 5.0,
         load_grace_s: float = 10.0,
         cache_bytes: int = 256 << 20,
+        handshake_timeout: float = auth.HANDSHAKE_TIMEOUT,
     ) -> None:
         if not token:
             raise ValueError("the device server needs a non-empty token")
         self.host, self.port = parse_address(tracker)
-        self.key = key
+        # What the tracker will check in 'register', checked here: a bad name fails at start, once.
+        self.key = fields.check(fields.KEY, key, "key")
         self._token = token
         self.kind = kind
-        self.capacity = capacity
-        self.name = name or f"{socket.gethostname()}-{os.getpid()}"
+        self.capacity = fields.check(fields.CAPACITY, capacity, "capacity")
+        self.name = fields.check(fields.NAME, name or f"{socket.gethostname()}-{os.getpid()}", "name")
         self.ssl_context = ssl_context
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
-        self.load_grace_s = load_grace_s
+        self.load_grace_s = fields.check(fields.Num(0, fields.MAX_RUN_S), load_grace_s, "load_grace_s")
+        self.handshake_timeout = fields.check(fields.Num(0.1, 3600), handshake_timeout, "handshake_timeout")
         self.store = ArtifactStore(cache_bytes)
         self.pool = WorkerPool(kind, capacity)
         self.registrations = 0
@@ -70,7 +75,9 @@ class DeviceServer:
             "job": self._on_job,
             "heartbeat_ack": lambda conn, msg, tasks: None,
             "registered": lambda conn, msg, tasks: None,
+            "error": self._on_error,
         }
+        self._refusals = PerPeerLog(log)
 
     async def run_forever(self) -> None:
         await self.pool.start()
@@ -81,7 +88,7 @@ class DeviceServer:
                 try:
                     await self._session()
                 except (RpcError, OSError) as e:
-                    log.warning("tracker %s:%d: %s", self.host, self.port, e)
+                    log.warning("tracker %s:%d: %s: %s", self.host, self.port, type(e).__name__, e)
                 except Exception:  # a bug hit by one session's input must not end the server
                     log.exception("session with %s:%d failed", self.host, self.port)
                 if self._registered:  # a session that worked: start the backoff afresh
@@ -92,25 +99,24 @@ class DeviceServer:
 
     async def _session(self) -> None:
         self._registered = False
-        conn = await open_connection(self.host, self.port, ssl_context=self.ssl_context)
         tasks: set[asyncio.Task[None]] = set()
         heart: asyncio.Task[None] | None = None
+        # Dial, authenticate and register under one budget: a tracker that stalls after a few
+        # bytes costs one budget (then backoff and a new dial), not a frame deadline per message.
+        deadline = asyncio.get_running_loop().time() + self.handshake_timeout
+        conn = await auth.dial_address(self.host, self.port, self._token, "device", ssl_context=self.ssl_context,
+                                       timeout=self.handshake_timeout)
         try:
-            await auth.dial(conn, self._token, "device")
-            conn.limits = codec.Limits()
-            await conn.send({
-                "op": "register", "key": self.key, "capacity": self.capacity, "name": self.name,
-                "fingerprint": {**self.pool.describe, "kind": self.kind}, "artifacts": self.store.hashes(),
-            })
-            msg = await conn.recv(idle_timeout=auth.HANDSHAKE_TIMEOUT)
-            if msg.op == "error":
-                raise from_wire(msg.header.get("error"))
-            if msg.op != "registered":
-                raise ProtocolError(f"expected 'registered', got {msg.op!r:.40}")
-            heartbeat_s = float(msg.header.get("heartbeat_s", 2.0))
+            try:
+                async with asyncio.timeout_at(deadline):
+                    registered = await self._register(conn)
+            except TimeoutError:
+                budget = self.handshake_timeout
+                raise ConnectionLost(f"{conn.peer}: not registered {budget:.1f}s after dialling") from None
+            heartbeat_s = float(registered["heartbeat_s"])
             self.registrations += 1
             self._registered = True
-            log.info("registered with %s:%d as %s", self.host, self.port, msg.header.get("device_id"))
+            log.info("registered with %s:%d as %s", self.host, self.port, registered["device_id"])
             heart = asyncio.create_task(self._heartbeat(conn, heartbeat_s))
             while True:
                 msg = await conn.recv(idle_timeout=3 * heartbeat_s)
@@ -126,6 +132,22 @@ class DeviceServer:
             await asyncio.gather(*tasks, *([heart] if heart else []), return_exceptions=True)
             conn.abort()
 
+    async def _register(self, conn: Connection) -> dict[str, Any]:
+        await conn.send({
+            "op": "register", "key": self.key, "capacity": self.capacity, "name": self.name,
+            "fingerprint": {**self.pool.describe, "kind": self.kind}, "artifacts": self.store.hashes(),
+        })
+        msg = await conn.recv(idle_timeout=self.handshake_timeout)
+        if msg.op == "error":
+            raise from_wire(msg.header.get("error"))
+        if msg.op != "registered":
+            raise ProtocolError(f"expected 'registered', got {msg.op!r:.40}")
+        try:
+            return fields.validate(fields.TRACKER_TO_DEVICE, msg.op, msg.header)
+        except BadRequest as e:  # e.g. a heartbeat_s of "inf": tell the tracker, try again later
+            await _answer(conn, e)
+            raise
+
     async def _heartbeat(self, conn: Connection, every: float) -> None:
         try:
             while True:
@@ -134,25 +156,33 @@ class DeviceServer:
         except ConnectionLost:
             conn.abort()
 
+    def _on_error(self, conn: Connection, msg: codec.Message, tasks: set[asyncio.Task[None]]) -> None:
+        err = msg.header.get("error")
+        self._refusals.warning(conn.peer, "tracker %s refused a message: %s", conn.peer,
+                               str(err.get("message") if isinstance(err, dict) else err)[:300])
+
     def _on_job(self, conn: Connection, msg: codec.Message, tasks: set[asyncio.Task[None]]) -> None:
-        task = asyncio.create_task(self._run_job(conn, msg))
+        try:
+            h = fields.validate(fields.TRACKER_TO_DEVICE, msg.op, msg.header)
+        except BadRequest as e:  # refused before anything runs: the job child is not touched
+            job_id = msg.header.get("job_id")
+            task = asyncio.create_task(_answer(conn, e, job_id if isinstance(job_id, str) else None))
+        else:
+            task = asyncio.create_task(self._run_job(conn, h, msg.blobs))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 
-    async def _run_job(self, conn: Connection, msg: codec.Message) -> None:
-        h = msg.header
-        job_id, artifact, options = h.get("job_id"), h.get("artifact"), h.get("options") or {}
+    async def _run_job(self, conn: Connection, h: dict[str, Any], blobs: tuple[bytes, ...]) -> None:
+        job_id, artifact, options = h["job_id"], h["artifact"], h["options"]
         try:
-            if not isinstance(job_id, str) or not isinstance(artifact, dict) or not isinstance(options, dict):
-                raise ProtocolError("malformed job")
-            if msg.blobs:
-                art_hash = checked_hash(artifact, msg.blobs[0])
-                self.store.put(art_hash, msg.blobs[0])
-                code = msg.blobs[0]
+            if blobs:
+                art_hash = checked_hash(artifact, blobs[0])
+                self.store.put(art_hash, blobs[0])
+                code = blobs[0]
             else:
-                cached = self.store.get(str(artifact.get("hash")))
+                cached = self.store.get(artifact["hash"])
                 if cached is None:
-                    await conn.send({"op": "need_artifact", "job_id": job_id, "hash": artifact.get("hash")})
+                    await conn.send({"op": "need_artifact", "job_id": job_id, "hash": artifact["hash"]})
                     return
                 code = cached
             hard = float(options.get("timeout_s", 30.0)) + self.load_grace_s
@@ -160,8 +190,10 @@ class DeviceServer:
         except ConnectionLost:
             return
         except (RpcError, ValueError, TypeError, RuntimeError) as e:  # RuntimeError: no job child
-            result = {"outcome": "LOAD_ERROR", "message": f"{type(e).__name__}: {e}", "costs": []}
+            result = {"outcome": Outcome.LOAD_ERROR.value, "message": f"{type(e).__name__}: {e}", "costs": []}
         result["device_key"] = self.key
+        if len(str(result.get("message", ""))) > fields.MAX_MESSAGE:  # the tracker refuses longer ones
+            result["message"] = str(result["message"])[: fields.MAX_MESSAGE - 20] + " ... (clipped)"
         self.jobs_run += 1
         try:
             await conn.send({"op": "result", "job_id": job_id, "result": result})
@@ -171,3 +203,11 @@ class DeviceServer:
     def status(self) -> dict[str, Any]:
         return {"name": self.name, "registrations": self.registrations, "jobs_run": self.jobs_run,
                 "crashes": self.pool.crashes, "artifacts": len(self.store)}
+
+
+async def _answer(conn: Connection, err: RpcError, job_id: str | None = None) -> None:
+    """Tell the tracker what we refused (best effort: the connection may be going)."""
+    try:
+        await conn.send({"op": "error", "job_id": job_id, "error": to_wire(err)})
+    except ConnectionLost:
+        pass

@@ -17,13 +17,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import secrets
 import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from rpc import auth, codec
+from rpc import auth, codec, fields
 from rpc.artifacts import ArtifactStore, checked_hash
 from rpc.errors import ArtifactMissing, BadRequest, ConnectionLost, NoSuchLease, ProtocolError, RpcError, to_wire
 from rpc.queue import (
@@ -37,6 +38,7 @@ from rpc.queue import (
     LeaseGranted,
     SchedulerQueue,
 )
+from rpc.ratelog import PerPeerLog
 from rpc.transport import Connection, start_server
 
 log = logging.getLogger(__name__)
@@ -93,12 +95,17 @@ class Tracker:
         if not token:
             raise ValueError("the tracker needs a non-empty token")
         self._token = token
-        self.heartbeat_s = heartbeat_s
+        # Devices refuse a heartbeat_s outside this rule (it reaches them in 'registered').
+        self.heartbeat_s = fields.check(fields.HEARTBEAT_S, heartbeat_s, "heartbeat_s")
         self.queue = SchedulerQueue(max_retries=max_retries, heartbeat_timeout=3 * heartbeat_s)
         self.ssl_context = ssl_context
-        self.frame_timeout = frame_timeout
-        self.handshake_timeout = handshake_timeout
+        self.frame_timeout = fields.check(fields.Num(0.01, 3600), frame_timeout, "frame_timeout")
+        self.handshake_timeout = fields.check(fields.Num(0.01, 3600), handshake_timeout, "handshake_timeout")
         self.tick_s = tick_s
+        # Ids carry this instance's tag: after a restart "job1" of the old tracker and of the
+        # new one are different ids, so a stale id can never match a new job or lease.
+        self.instance = secrets.token_hex(4)
+        self._refusals = PerPeerLog(log)
         self.store = ArtifactStore(artifact_cache_bytes)
         self.devices: dict[str, _Peer] = {}
         self.clients: dict[str, _Peer] = {}
@@ -113,6 +120,7 @@ class Tracker:
             "heartbeat": self._on_heartbeat,
             "result": self._on_result,
             "need_artifact": self._on_need_artifact,
+            "error": self._on_refused,
         }
         self._client_ops: dict[str, Callable[[str, _Peer, codec.Message], Awaitable[dict[str, Any] | None]]] = {
             "ping": self._op_ping,
@@ -162,45 +170,49 @@ class Tracker:
                     del self.payloads[job_id]
 
     # ---- connections ---------------------------------------------------
+    def _new_id(self, kind: str) -> str:
+        return f"{kind}{next(self._ids)}-{self.instance}"
+
     async def _on_connection(self, conn: Connection) -> None:
+        register: codec.Message | None = None
         try:
-            role, _version = await auth.accept_with_deadline(conn, self._token, self.handshake_timeout)
-        except (RpcError, ProtocolError) as e:
+            # One budget for the whole greeting: the handshake and, for a device, its register.
+            async with asyncio.timeout(self.handshake_timeout):
+                role, _version = await auth.accept(conn, self._token, timeout=self.handshake_timeout)
+                conn.limits = codec.Limits()  # authenticated: artifacts may now flow
+                if role == "device":
+                    register = await conn.recv()
+        except (RpcError, TimeoutError) as e:
             self.stats["bad_connections"] += 1
-            log.warning("refused %s: %s", conn.peer, e)
+            why = f"no handshake within {self.handshake_timeout:.1f}s" if isinstance(e, TimeoutError) else str(e)
+            self._refusals.warning(conn.peer, "refused %s: %s", conn.peer, why)
             return
-        conn.limits = codec.Limits()  # authenticated: artifacts may now flow
         peer = _Peer(conn)
         writer = asyncio.create_task(peer.writer())
         try:
-            if role == "device":
-                await self._serve_device(peer)
-            elif role == "client":
-                await self._serve_client(peer)
+            if register is not None:
+                await self._serve_device(peer, register)
             else:
-                await conn.send({"op": "error", "error": to_wire(BadRequest(f"unknown role {role!r:.20}"))})
+                await self._serve_client(peer)
         finally:
             writer.cancel()
 
-    async def _serve_device(self, peer: _Peer) -> None:
-        msg = await peer.conn.recv(idle_timeout=self.handshake_timeout)
-        h = msg.header
-        if msg.op != "register" or not isinstance(h.get("key"), str) or not h["key"]:
-            raise ProtocolError("a device must send 'register' with a key first")
-        capacity = h.get("capacity", 1)
-        fingerprint = h.get("fingerprint", {})
-        if not isinstance(capacity, int) or capacity < 1 or not isinstance(fingerprint, dict):
-            raise ProtocolError("bad capacity or fingerprint in 'register'")
-        device_id = f"dev{next(self._ids)}"
-        name = str(h.get("name") or device_id)[:100]
-        held = h.get("artifacts", [])
-        if not isinstance(held, list):
-            raise ProtocolError("'artifacts' in 'register' must be a list of hashes")
-        peer.has = {x for x in held if isinstance(x, str)}
+    async def _serve_device(self, peer: _Peer, msg: codec.Message) -> None:
+        if msg.op != "register":
+            raise ProtocolError(f"a device must send 'register' first, not {msg.op!r:.40}")
+        try:
+            h = fields.validate(fields.DEVICE_OPS, msg.op, msg.header)
+        except BadRequest as e:  # answered, then dropped: a device we cannot describe is not served
+            await peer.conn.send({"op": "error", "error": to_wire(e)})
+            raise ProtocolError(f"refused register: {e}") from None
+        device_id = self._new_id("dev")
+        name = h["name"] or device_id
+        peer.has = set(h["artifacts"])
         self.devices[device_id] = peer
         peer.post({"op": "registered", "device_id": device_id, "heartbeat_s": self.heartbeat_s})
-        log.info("device %s (%s) registered key %r capacity %d", device_id, name, h["key"], capacity)
-        self._apply(self.queue.add_device(device_id, h["key"], time.monotonic(), capacity, fingerprint, name))
+        log.info("device %s (%s) registered key %r capacity %d", device_id, name, h["key"], h["capacity"])
+        self._apply(self.queue.add_device(device_id, h["key"], time.monotonic(), h["capacity"], h["fingerprint"],
+                                          name))
         reason = "connection closed"
         try:
             while True:
@@ -209,7 +221,17 @@ class Tracker:
                 handler = self._device_ops.get(msg.op)
                 if handler is None:
                     raise ProtocolError(f"unknown device op {msg.op!r:.40}")
-                handler(device_id, peer, msg)
+                try:
+                    checked = fields.validate(fields.DEVICE_OPS, msg.op, msg.header)
+                except BadRequest as e:  # answered; the device stays (its heartbeats were fine)
+                    self._refusals.warning(peer.conn.peer, "device %s: %s", device_id, e)
+                    peer.post({"op": "error", "error": to_wire(e)})
+                    job_id = msg.header.get("job_id")
+                    if msg.op == "result" and isinstance(job_id, str):  # its client hears why, not silence
+                        error = {"type": "BadRequest", "message": f"device {name} sent an unusable result: {e}"}
+                        self._apply(self.queue.refuse(device_id, job_id, error, time.monotonic()))
+                    continue
+                handler(device_id, peer, codec.Message(checked, msg.blobs))
         except (ConnectionLost, ProtocolError) as e:
             reason = str(e)
             raise
@@ -219,19 +241,21 @@ class Tracker:
             self._apply(self.queue.remove_device(device_id, time.monotonic(), reason))
 
     async def _serve_client(self, peer: _Peer) -> None:
-        client_id = f"cl{next(self._ids)}"
+        client_id = self._new_id("cl")
         self.clients[client_id] = peer
         try:
             while True:
                 msg = await peer.conn.recv(idle_timeout=None)  # clients may wait long for results
-                rid = msg.header.get("rid")
+                rid = fields.rid_of(msg.header)
                 handler = self._client_ops.get(msg.op)
                 try:
                     if handler is None:
                         raise BadRequest(f"unknown op {msg.op!r:.40}")
+                    # Every field checked against the table before the handler sees any of it.
+                    checked = codec.Message(fields.validate(fields.CLIENT_OPS, msg.op, msg.header), msg.blobs)
                     try:
-                        reply = await handler(client_id, peer, msg)
-                    except (TypeError, ValueError, OverflowError) as e:  # a field of the wrong type or value
+                        reply = await handler(client_id, peer, checked)
+                    except (TypeError, ValueError, OverflowError) as e:  # a check the table cannot express
                         raise BadRequest(f"bad {msg.op!r:.40} request: {e}") from None
                 except RpcError as e:
                     peer.post({"op": "error", "rid": rid, "error": to_wire(e)})
@@ -240,7 +264,7 @@ class Tracker:
                     peer.post({"op": "reply", "rid": rid, **reply})
         finally:
             del self.clients[client_id]
-            for lease_id in [l for l, (c, _) in self.lease_rids.items() if c == client_id]:
+            for lease_id in [le for le, (c, _) in self.lease_rids.items() if c == client_id]:
                 del self.lease_rids[lease_id]
             self._apply(self.queue.client_gone(client_id, time.monotonic()))
 
@@ -250,14 +274,20 @@ class Tracker:
         peer.post({"op": "heartbeat_ack"})
 
     def _on_result(self, device_id: str, peer: _Peer, msg: codec.Message) -> None:
-        result = msg.header.get("result")
-        if not isinstance(result, dict) or not isinstance(msg.header.get("job_id"), str):
-            raise ProtocolError("'result' needs a job_id and a result object")
-        self._apply(self.queue.finish(device_id, msg.header["job_id"], result, time.monotonic()))
+        self._apply(self.queue.finish(device_id, msg.header["job_id"], msg.header["result"], time.monotonic()))
+
+    def _on_refused(self, device_id: str, peer: _Peer, msg: codec.Message) -> None:
+        """The device refused a job (or something else we sent): the job's client hears why."""
+        err, job_id = msg.header["error"], msg.header.get("job_id")
+        self._refusals.warning(peer.conn.peer, "device %s refused %s: %s: %s", device_id, job_id or "a message",
+                               err["type"], err["message"][:300])
+        if job_id is not None:
+            error = {"type": err["type"], "message": f"device refused the job: {err['message']}"}
+            self._apply(self.queue.refuse(device_id, job_id, error, time.monotonic()))
 
     def _on_need_artifact(self, device_id: str, peer: _Peer, msg: codec.Message) -> None:
-        job_id = msg.header.get("job_id")
-        job = self.queue.jobs.get(job_id) if isinstance(job_id, str) else None
+        job_id = msg.header["job_id"]
+        job = self.queue.jobs.get(job_id)
         if job is not None and job.device_id == device_id and job_id in self.payloads:
             peer.has.discard(self.payloads[job_id].artifact["hash"])  # it evicted it
             self._dispatch(Dispatch(device_id, job_id))
@@ -267,18 +297,11 @@ class Tracker:
         return {}
 
     async def _op_has(self, client_id: str, peer: _Peer, msg: codec.Message) -> dict[str, Any]:
-        hashes = msg.header.get("hashes")
-        if not isinstance(hashes, list):
-            raise BadRequest("'has' needs a list of hashes")
-        return {"has": [h for h in hashes if isinstance(h, str) and h in self.store]}
+        return {"has": [h for h in msg.header["hashes"] if h in self.store]}
 
     async def _op_submit(self, client_id: str, peer: _Peer, msg: codec.Message) -> dict[str, Any] | None:
-        h = msg.header
-        key, artifact, options = h.get("key"), h.get("artifact"), h.get("options", {})
-        if not isinstance(key, str) or not isinstance(artifact, dict) or not isinstance(options, dict):
-            raise BadRequest("'submit' needs key, artifact header and options")
-        if not isinstance(h.get("lease_id"), (str, type(None))):
-            raise BadRequest("'lease_id' must be a string")
+        h = msg.header  # checked: rpc.fields.CLIENT_OPS["submit"]
+        key, artifact, options = h["key"], h["artifact"], h["options"]
         if msg.blobs:
             art_hash = checked_hash(artifact, msg.blobs[0])
             code = msg.blobs[0]
@@ -287,7 +310,7 @@ class Tracker:
                 self.stats["client_upload_bytes"] += len(code)
             self.store.put(art_hash, code)
         else:
-            art_hash = str(artifact.get("hash"))
+            art_hash = artifact["hash"]
             stored = self.store.get(art_hash)
             if stored is None:
                 raise ArtifactMissing(f"tracker does not hold artifact {art_hash[:12]}...; send its code")
@@ -295,12 +318,12 @@ class Tracker:
         timeout_s = float(options.get("timeout_s", 30.0))
         queue_timeout = h.get("queue_timeout_s")
         now = time.monotonic()
-        job_id = f"job{next(self._ids)}"
+        job_id = self._new_id("job")
         spec = JobSpec(
             job_id=job_id,
             key=key,
             client_id=client_id,
-            priority=int(h.get("priority", 0)),
+            priority=h["priority"],
             queue_deadline=None if queue_timeout is None else now + float(queue_timeout),
             run_budget_s=timeout_s + RUN_GRACE_S,
             lease_id=h.get("lease_id"),
@@ -313,25 +336,21 @@ class Tracker:
         return None
 
     async def _op_lease(self, client_id: str, peer: _Peer, msg: codec.Message) -> dict[str, Any] | None:
-        key = msg.header.get("key")
-        if not isinstance(key, str):
-            raise BadRequest("'lease' needs a key")
-        timeout = msg.header.get("queue_timeout_s")
+        h = msg.header  # checked: rpc.fields.CLIENT_OPS["lease"]
+        timeout = h.get("queue_timeout_s")
         now = time.monotonic()
-        lease_id = f"lease{next(self._ids)}"
-        self.lease_rids[lease_id] = (client_id, msg.header.get("rid"))
+        lease_id = self._new_id("lease")
+        self.lease_rids[lease_id] = (client_id, h.get("rid"))
         deadline = None if timeout is None else now + float(timeout)
-        self._apply(
-            self.queue.request_lease(lease_id, client_id, key, now, int(msg.header.get("priority", 0)), deadline)
-        )
+        self._apply(self.queue.request_lease(lease_id, client_id, h["key"], now, h["priority"], deadline))
         return None  # answered by LeaseGranted / LeaseFailed
 
     async def _op_release(self, client_id: str, peer: _Peer, msg: codec.Message) -> dict[str, Any]:
-        lease_id = msg.header.get("lease_id")
-        lease = self.queue.leases.get(lease_id) if isinstance(lease_id, str) else None
+        lease_id = msg.header["lease_id"]
+        lease = self.queue.leases.get(lease_id)
         if lease is None or lease.client_id != client_id:
             raise NoSuchLease(f"no lease {lease_id!r:.40} held by this client")
-        self._apply(self.queue.release_lease(lease_id, time.monotonic()))  # type: ignore[arg-type]
+        self._apply(self.queue.release_lease(lease_id, time.monotonic()))
         return {}
 
     async def _op_summary(self, client_id: str, peer: _Peer, msg: codec.Message) -> dict[str, Any]:
@@ -341,8 +360,7 @@ class Tracker:
         return {"summary": s}
 
     async def _op_describe(self, client_id: str, peer: _Peer, msg: codec.Message) -> dict[str, Any]:
-        key = msg.header.get("key")
-        devs = [d for d in self.queue.devices.values() if d.key == key]
+        devs = [d for d in self.queue.devices.values() if d.key == msg.header["key"]]
         return {"devices": [{"name": d.name, "fingerprint": d.fingerprint} for d in devs]}
 
     # ---- actions -------------------------------------------------------

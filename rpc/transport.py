@@ -54,7 +54,7 @@ class Connection:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         *,
-        limits: Limits = Limits(),
+        limits: Limits = codec.DEFAULT_LIMITS,
         frame_timeout: float = DEFAULT_FRAME_TIMEOUT,
         write_timeout: float = DEFAULT_WRITE_TIMEOUT,
     ) -> None:

@@ -49,7 +49,10 @@ def test_tracker_answers_overflowing_and_mistyped_fields_without_dropping() -> N
             conn = await open_connection("127.0.0.1", port)
             await auth.dial(conn, TOKEN, "device")
             conn.writer.write(frame({"op": "register", "key": "k", "capacity": 1, "fingerprint": {}, "artifacts": 1.5}))
-            with pytest.raises(ConnectionLost):  # dropped, not registered
+            answer = await conn.recv(idle_timeout=5)  # told why (the field named), then dropped
+            assert answer.op == "error" and answer.header["error"]["type"] == "BadRequest"
+            assert "artifacts" in answer.header["error"]["message"]
+            with pytest.raises(ConnectionLost):
                 await conn.recv(idle_timeout=5)
             conn.abort()
             assert not tracker.devices

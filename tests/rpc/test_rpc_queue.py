@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import random
 
+from farm.records.measure import Outcome
 from rpc.queue import (
-    DEVICE_LOST,
     Dispatch,
     DropDevice,
     JobDone,
@@ -55,7 +55,7 @@ def test_device_lost_requeues_then_gives_up():
     assert dispatches(acts) == [("d2", "j")]  # requeued at once onto the free device
     acts = q.remove_device("d2", now=2, reason="eof")
     (done,) = [a for a in acts if isinstance(a, JobDone)]
-    assert done.result["outcome"] == DEVICE_LOST and "2 attempt" in done.result["message"]
+    assert done.result["outcome"] == Outcome.DEVICE_LOST and "2 attempt" in done.result["message"]
     assert q.jobs == {}
 
 
@@ -125,7 +125,7 @@ def test_lease_waits_for_idle_device_and_breaks_on_loss():
     q.submit(JobSpec("a", "k", "alice", lease_id="L"), now=1)
     acts = q.remove_device("d1", now=2, reason="eof")
     assert any(isinstance(a, LeaseFailed) for a in acts)
-    assert any(isinstance(a, JobDone) and a.result["outcome"] == DEVICE_LOST for a in acts)
+    assert any(isinstance(a, JobDone) and a.result["outcome"] == Outcome.DEVICE_LOST for a in acts)
 
 
 def test_client_gone_cancels_pending_and_drops_results():

@@ -1,0 +1,50 @@
+"""What ``farm query`` shows: a SchedulerQueue summed up per key and per device."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rpc.queue import SchedulerQueue
+
+
+def summarize(q: SchedulerQueue, now: float) -> dict[str, Any]:
+    """Keys with free/busy/leased/pending counts, and per-device health."""
+    keys: dict[str, dict[str, int]] = {}
+    for dev in q.devices.values():
+        k = keys.setdefault(dev.key, {"devices": 0, "free": 0, "busy": 0, "leased": 0, "pending": 0})
+        k["devices"] += 1
+        if dev.lease_id is not None:
+            k["leased"] += 1
+        elif dev.running:
+            k["busy"] += 1
+        else:
+            k["free"] += 1
+    for job in q.jobs.values():
+        if job.state == "pending" and job.spec.lease_id is None:
+            keys.setdefault(
+                job.spec.key, {"devices": 0, "free": 0, "busy": 0, "leased": 0, "pending": 0}
+            )["pending"] += 1
+    devices = []
+    for dev in q.devices.values():
+        up = max(now - dev.joined, 1e-9)
+        running_s = sum(now - q.jobs[j].started for j in dev.running)
+        silent = now - dev.last_seen
+        devices.append(
+            {
+                "device_id": dev.device_id,
+                "name": dev.name,
+                "key": dev.key,
+                "state": "leased" if dev.lease_id else ("busy" if dev.running else "free"),
+                "health": "ok" if silent <= q.heartbeat_timeout / 2 else "late",
+                "last_seen_s": round(silent, 3),
+                "running": len(dev.running),
+                "capacity": dev.capacity,
+                "jobs_done": dev.jobs_done,
+                "errors": dev.errors,
+                "last_error": dev.last_error,
+                "utilization": round(min(1.0, (dev.busy_s + running_s) / (up * dev.capacity)), 4),
+                "busy_s": round(dev.busy_s + running_s, 4),  # cumulative: idle shares over any window
+                "fingerprint": dev.fingerprint,
+            }
+        )
+    return {"keys": keys, "devices": devices, "completed": q.completed}
