@@ -10,6 +10,9 @@ _LAZY = {
     "lower": ("farm.compiler.lowering", "lower"),
     "Target": ("farm.target", "Target"),
     "connect": ("farm.client.session", "connect"),
+    "template": ("farm.workloads.registry", "template"),
+    "compute": ("farm.workloads.registry", "compute"),
+    "load_kernel": ("farm.workloads.loader", "load_kernel"),
 }
 
 

@@ -36,3 +36,7 @@ class LoadError(FarmError):
 
 class ConfigError(FarmError, ValueError):
     """A YAML or JSON configuration is invalid; the message names where."""
+
+
+class UserKernelError(ConfigError):
+    """A user's template or compute definition failed; the message names the kernel and its line."""

@@ -31,7 +31,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "farm.runtime": (*_RECORDS, "farm.target"),
     "farm.te": ("farm.errors",),
     "farm.compiler": (*_RECORDS, "farm.target", "farm.te", "farm.runtime"),
-    "farm.workloads": (*_RECORDS, "farm.target", "farm.te", "farm.compiler"),
+    "farm.workloads": (*_RECORDS, "farm.target", "farm.te", "farm.compiler", "farm.runtime"),
     "farm.log": _RECORDS,
     "farm.tuning": (*_RECORDS, "farm.target", "farm.te", "farm.compiler", "farm.workloads", "farm.log"),
     "farm.search": ("farm.tuning",),  # the documented path farm.search.make_tuner

@@ -308,14 +308,18 @@ class _Lowerer:
     def _nested_accesses(self, child: Stage, other: Stage, parent: Stage, body: Expr,
                          free: set[IterVar]) -> list[list[Expr]] | None:
         """``other``'s reads of ``child`` in the parent's loop variables, when ``other``
-        is itself attached to ``parent`` inside the child's attach loop (a packed
+        is itself attached to ``parent`` inside (or at) the child's attach loop (a packed
         operand computed per outer tile and read by the register-tile stage within
         it); None when ``other`` runs elsewhere.
 
         ``other``'s axes become its own region's base plus fresh offset loops, and
         those offsets and its reduction axes join ``free``: they all vary inside
         the child's attach loop."""
-        if other.attach != "at" or other.attach_stage is not parent or other.attach_ivar not in free:
+        if other.attach != "at" or other.attach_stage is not parent:
+            return None
+        # Inside the child's attach loop, or at that same loop (two per-row stages, one reading the
+        # other: the schedule's stage order computes the producer first).
+        if other.attach_ivar not in free and other.attach_ivar is not child.attach_ivar:
             return None
         n = next(i for i, x in enumerate(parent.leaf) if x is other.attach_ivar)
         oreg = self._infer_region(other, parent, body, set(parent.leaf[n + 1:]))

@@ -16,7 +16,7 @@ from farm.target import Target
 from farm.te.schedule import Schedule
 from farm.te.tensor import Tensor
 from farm.workloads import references
-from farm.workloads.registry import Workload, register
+from farm.workloads.registry import template
 
 out_size = references.conv_out_size
 
@@ -167,33 +167,28 @@ def _check_conv(names: Sequence[str], hw: tuple[int, int], r_i: int, s_i: int, p
 
 
 _CONV_P = ("N", "C", "H", "W", "K", "R", "stride", "pad")
-register(
-    Workload(
-        name="conv2d",
-        params=_CONV_P,
-        template=_conv_template,
-        reference=references.conv2d,
-        flops=lambda a: (
-            2.0 * a[0] * a[4] * out_size(a[2], a[5], a[6], a[7]) * out_size(a[3], a[5], a[6], a[7]) * a[1] * a[5] * a[5]
-        ),
-        example=(1, 64, 56, 56, 64, 3, 1, 1),
-        doc="NCHW conv2d: out[N,K,OH,OW], weight[K,C,R,R]",
-        validate=_check_conv(_CONV_P, (2, 3), 5, 6, 7),
-    )
-)
-
 _DW_P = ("N", "C", "H", "W", "R", "stride", "pad")
-register(
-    Workload(
-        name="depthwise_conv2d",
-        params=_DW_P,
-        template=_depthwise_template,
-        reference=references.depthwise_conv2d,
-        flops=lambda a: (
-            2.0 * a[0] * a[1] * out_size(a[2], a[4], a[5], a[6]) * out_size(a[3], a[4], a[5], a[6]) * a[4] * a[4]
-        ),
-        example=(1, 64, 56, 56, 3, 1, 1),
-        doc="NCHW depthwise conv2d, multiplier 1: weight[C,1,R,R]",
-        validate=_check_conv(_DW_P, (2, 3), 4, 5, 6),
-    )
-)
+
+
+def _conv_flops(a: Sequence[int]) -> float:
+    return 2.0 * a[0] * a[4] * out_size(a[2], a[5], a[6], a[7]) * out_size(a[3], a[5], a[6], a[7]) * a[1] * a[5] * a[5]
+
+
+def _dw_flops(a: Sequence[int]) -> float:
+    return 2.0 * a[0] * a[1] * out_size(a[2], a[4], a[5], a[6]) * out_size(a[3], a[4], a[5], a[6]) * a[4] * a[4]
+
+
+@template("conv2d", builtin=True, example=(1, 64, 56, 56, 64, 3, 1, 1),
+          doc="NCHW conv2d: out[N,K,OH,OW], weight[K,C,R,R]", flops=_conv_flops,
+          validate=_check_conv(_CONV_P, (2, 3), 5, 6, 7))
+def conv2d(cfg: Any, N: int, C: int, H: int, W: int, K: int, R: int, stride: int, pad: int
+           ) -> tuple[Schedule, list[Tensor]]:
+    return _conv_template(cfg, (N, C, H, W, K, R, stride, pad), cfg.target)
+
+
+@template("depthwise_conv2d", builtin=True, example=(1, 64, 56, 56, 3, 1, 1),
+          doc="NCHW depthwise conv2d, multiplier 1: weight[C,1,R,R]", flops=_dw_flops,
+          validate=_check_conv(_DW_P, (2, 3), 4, 5, 6))
+def depthwise_conv2d(cfg: Any, N: int, C: int, H: int, W: int, R: int, stride: int, pad: int
+                     ) -> tuple[Schedule, list[Tensor]]:
+    return _depthwise_template(cfg, (N, C, H, W, R, stride, pad), cfg.target)

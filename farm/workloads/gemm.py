@@ -24,8 +24,7 @@ from farm.errors import ConfigError
 from farm.target import Target
 from farm.te.schedule import Schedule
 from farm.te.tensor import Tensor
-from farm.workloads import references
-from farm.workloads.registry import Workload, register
+from farm.workloads.registry import template
 
 
 def _nr_candidates(n: int, lanes: int) -> list[int]:
@@ -151,29 +150,20 @@ def _positive(names: Sequence[str]) -> Any:
     return check
 
 
-register(Workload(
-    name="matmul", params=("M", "N", "K"),
-    template=lambda cfg, a, t: _gemm(cfg, None, a[0], a[1], a[2], t, False),
-    reference=references.matmul,
-    flops=lambda a: 2.0 * a[0] * a[1] * a[2],
-    example=(512, 512, 512), doc="C[M,N] = A[M,K] @ B[K,N], float32",
-    validate=_positive("MNK"),
-))
+@template("matmul", builtin=True, example=(512, 512, 512), doc="C[M,N] = A[M,K] @ B[K,N], float32",
+          flops=lambda a: 2.0 * a[0] * a[1] * a[2], validate=_positive("MNK"))
+def matmul(cfg: Any, M: int, N: int, K: int) -> tuple[Schedule, list[Tensor]]:
+    return _gemm(cfg, None, M, N, K, cfg.target, False)
 
-register(Workload(
-    name="dense_bias_relu", params=("M", "N", "K"),
-    template=lambda cfg, a, t: _gemm(cfg, None, a[0], a[1], a[2], t, True),
-    reference=references.dense_bias_relu,
-    flops=lambda a: 2.0 * a[0] * a[1] * a[2],
-    example=(512, 1024, 1024), doc="out = max(A[M,K] @ B[K,N] + bias[N], 0), fused epilogue",
-    validate=_positive("MNK"),
-))
 
-register(Workload(
-    name="batch_matmul", params=("B", "M", "N", "K"),
-    template=lambda cfg, a, t: _gemm(cfg, a[0], a[1], a[2], a[3], t, False),
-    reference=references.batch_matmul,
-    flops=lambda a: 2.0 * a[0] * a[1] * a[2] * a[3],
-    example=(16, 128, 128, 128), doc="C[B,M,N] = A[B,M,K] @ B[B,K,N]",
-    validate=_positive(("B", "M", "N", "K")),
-))
+@template("dense_bias_relu", builtin=True, example=(512, 1024, 1024),
+          doc="out = max(A[M,K] @ B[K,N] + bias[N], 0), fused epilogue",
+          flops=lambda a: 2.0 * a[0] * a[1] * a[2], validate=_positive("MNK"))
+def dense_bias_relu(cfg: Any, M: int, N: int, K: int) -> tuple[Schedule, list[Tensor]]:
+    return _gemm(cfg, None, M, N, K, cfg.target, True)
+
+
+@template("batch_matmul", builtin=True, example=(16, 128, 128, 128), doc="C[B,M,N] = A[B,M,K] @ B[B,K,N]",
+          flops=lambda a: 2.0 * a[0] * a[1] * a[2] * a[3], validate=_positive(("B", "M", "N", "K")))
+def batch_matmul(cfg: Any, B: int, M: int, N: int, K: int) -> tuple[Schedule, list[Tensor]]:
+    return _gemm(cfg, B, M, N, K, cfg.target, False)

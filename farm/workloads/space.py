@@ -32,8 +32,70 @@ class SplitEntity:
         out.append(axis)
         return list(reversed(out))
 
+    @property
+    def val(self) -> tuple[int, ...]:
+        return self.size
+
     def to_json(self) -> list[int]:
         return list(self.size)
+
+
+class ReorderEntity(tuple):  # type: ignore[type-arg]
+    """A permutation knob's value: ``cfg["order"].apply(s, C, [i, j, k])`` reorders those axes."""
+
+    @property
+    def perm(self) -> tuple[int, ...]:
+        return tuple(self)
+
+    @property
+    def val(self) -> tuple[int, ...]:
+        return tuple(self)
+
+    def apply(self, sch: Any, stage: Any, axes: Sequence[IterVar]) -> list[IterVar]:
+        ordered = [axes[i] for i in self]
+        sch[stage].reorder(*ordered)
+        return ordered
+
+
+class KnobInt(int):
+    """An integer or boolean knob value that also answers AutoTVM's ``.val``."""
+
+    _raw: Any
+
+    @property
+    def val(self) -> Any:
+        return self._raw
+
+
+class KnobFloat(float):
+    _raw: Any
+
+    @property
+    def val(self) -> Any:
+        return self._raw
+
+
+class KnobStr(str):
+    _raw: Any
+
+    @property
+    def val(self) -> Any:
+        return self._raw
+
+
+def knob_value(raw: Any) -> Any:
+    """What a template reads for a knob: the raw value (it compares and computes as before), plus
+    ``.val`` and, for splits and orders, ``.apply`` (AutoTVM's habits)."""
+    if isinstance(raw, SplitEntity):
+        return raw
+    if isinstance(raw, tuple):
+        return ReorderEntity(raw)
+    for kind, cls in ((int, KnobInt), (float, KnobFloat), (str, KnobStr)):
+        if isinstance(raw, kind):
+            v = cls(raw)
+            v._raw = raw
+            return v
+    return raw
 
 
 class Knob:
@@ -89,6 +151,7 @@ class ConfigSpace:
 
     def __init__(self) -> None:
         self.knobs: dict[str, Knob] = {}
+        self.target: Any = None  # the Target a template instantiates for (set by the registry)
 
     # --- definition (AutoTVM names) ---------------------------------------
     def define_split(self, name: str, extent: int | IterVar, num_outputs: int = 2,
@@ -109,7 +172,9 @@ class ConfigSpace:
 
     def __getitem__(self, name: str) -> Any:
         # While the space is being collected a template reads the first option.
-        return self.knobs[name].options[0]
+        if name not in self.knobs:
+            raise ScheduleError(f"knob {name!r} is read before it is defined (define_split/define_knob first)")
+        return knob_value(self.knobs[name].options[0])
 
     # --- addressing ----------------------------------------------------------
     def __len__(self) -> int:
@@ -159,9 +224,9 @@ class ConfigSpace:
             raise ConfigError(f"config must be a JSON object, got {type(data).__name__}")
         knobs = data.get("knobs")
         if knobs is None:
-            if "index" not in data:
-                raise ConfigError('config needs "index" or "knobs"')
-            return self.get(int(data["index"]))
+            if "index" in data:
+                return self.get(int(data["index"]))
+            knobs = data  # a bare {knob: value} object, as `farm measure --config` documents
         if not isinstance(knobs, dict):
             raise ConfigError('config "knobs" must be an object')
         unknown = set(knobs) - set(self.knobs)
@@ -190,6 +255,7 @@ class ConfigEntity:
 
     def __init__(self, space: ConfigSpace, index: int, values: dict[str, Any]) -> None:
         self.space, self.index, self.values = space, index, values
+        self.target: Any = space.target
 
     # Templates call define_* again when instantiated; those are no-ops here.
     def define_split(self, name: str, *a: Any, **k: Any) -> None:
@@ -206,7 +272,9 @@ class ConfigEntity:
             raise ScheduleError(f"knob {name} was not in the space this config came from")
 
     def __getitem__(self, name: str) -> Any:
-        return self.values[name]
+        if name not in self.values:
+            raise ScheduleError(f"knob {name!r} is not in this config's space (knobs: {list(self.values)})")
+        return knob_value(self.values[name])
 
     def to_json(self) -> dict[str, Any]:
         return {"index": self.index, "knobs": {n: self.space.knobs[n].encode(v) for n, v in self.values.items()}}
