@@ -13,8 +13,12 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 
-def build_candidate(workload: str, args: list[int], index: int, target: str) -> dict[str, Any]:
-    """Compile one config; returns the artifact header and code, or a classified error."""
+def build_candidate(workload: str | dict[str, str], args: list[int], index: int, target: str) -> dict[str, Any]:
+    """Compile one config; returns the artifact header and code, or a classified error.
+
+    ``workload`` is ``Workload.ref()``: a built-in's name, or where a user kernel's module is (Ray's
+    ``runtime_env`` brought its directory to this worker)."""
+    from farm.workloads.loader import resolve_ref
     from farm.workloads.registry import build_workload
 
     t0 = time.perf_counter()
@@ -26,7 +30,7 @@ def build_candidate(workload: str, args: list[int], index: int, target: str) -> 
     except Exception:  # noqa: BLE001 - node id is informational
         pass
     try:
-        mod = build_workload(workload, args, str(index), target)
+        mod = build_workload(resolve_ref(workload), args, str(index), target)
     except Exception as e:  # noqa: BLE001 - any failure of the compiler is this config's COMPILE_ERROR
         return {"ok": False, "outcome": "COMPILE_ERROR", "message": f"{type(e).__name__}: {e}",
                 "build_s": time.perf_counter() - t0, "node": node, "pid": os.getpid()}
@@ -48,15 +52,19 @@ def remote_build() -> Any:
     return _REMOTE
 
 
-def init_ray(address: str | None, num_cpus: int | None = None) -> dict[str, Any]:
-    """Join ``address`` (or start a local Ray); returns the cluster's resources."""
+def init_ray(address: str | None, num_cpus: int | None = None, py_modules: list[str] | None = None) -> dict[str, Any]:
+    """Join ``address`` (or start a local Ray); returns the cluster's resources.
+
+    ``py_modules``: directories of user kernels. Ray packs them and every worker, on any node,
+    imports them under the directory's name (``runtime_env``): nothing of ours copies files."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
 
     if not ray.is_initialized():
+        env = {"runtime_env": {"py_modules": list(py_modules)}} if py_modules else {}
         if address:
-            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False, **env)
         else:
             ray.init(num_cpus=num_cpus or max(1, (os.cpu_count() or 2) - 1), include_dashboard=False,
-                     logging_level=logging.WARNING, log_to_driver=False)
+                     logging_level=logging.WARNING, log_to_driver=False, **env)
     return dict(ray.cluster_resources())

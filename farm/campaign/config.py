@@ -16,6 +16,8 @@
     exclusive_timing: auto            # no builds while a device times (auto: on for the embedded farm)
     workloads:
       - {name: matmul, shape: [256, 256, 256]}
+      - {template: kernels/softmax.py:rowsoftmax, shape: [1024, 1000]}   # your own (path: from this file)
+      - {compute: mypkg.ops:layernorm, shape: [512, 768]}                 # or an importable module
 """
 from __future__ import annotations
 
@@ -54,6 +56,16 @@ class WorkloadSpec:
     name: str
     shape: tuple[int, ...]
     source: str = ""
+    kernel: str = ""  # the entry's FILE.py:function or module:function ("" for a built-in by name)
+    workload: Any = field(default=None, compare=False, repr=False)  # the loaded farm.workloads Workload
+
+    def resolve(self) -> Any:
+        """The Workload this entry tunes."""
+        if self.workload is not None:
+            return self.workload
+        from farm.workloads.registry import get_workload
+
+        return get_workload(self.name)
 
 
 @dataclass(frozen=True)
@@ -107,34 +119,52 @@ def _list(ctx: Ctx, node: yaml.Node, fld: str) -> list[yaml.Node]:
     return list(node.value)
 
 
-def _workload(ctx: Ctx, node: yaml.Node, n: int) -> WorkloadSpec:
-    from farm.errors import ConfigError
+KERNEL_KEYS = ("name", "template", "compute")
+
+
+def _workload(ctx: Ctx, node: yaml.Node, n: int, base: Path) -> WorkloadSpec:
+    from farm.errors import ConfigError, UserKernelError
+    from farm.workloads.loader import load_kernel
     from farm.workloads.registry import get_workload, list_workloads
 
     where = f"workloads[{n}]"
     m = ctx.mapping(node, where)
     for k, (knode, _) in m.items():
-        if k not in ("name", "shape"):
-            raise unknown(ctx, knode, f"{where}.{k}", k, ("name", "shape"))
-    if "name" not in m:
-        raise ctx.error(node, f"{where}.name", "missing (which workload to tune)")
+        if k not in (*KERNEL_KEYS, "shape"):
+            raise unknown(ctx, knode, f"{where}.{k}", k, (*KERNEL_KEYS, "shape"))
+    given = [k for k in KERNEL_KEYS if k in m]
+    if not given:
+        raise ctx.error(node, f"{where}.name", "missing: a built-in `name:`, or your kernel as "
+                        "`template: FILE.py:function` / `compute: FILE.py:function`")
+    if len(given) > 1:
+        raise ctx.error(m[given[1]][0], f"{where}.{given[1]}", f"give one of {', '.join(KERNEL_KEYS)}, not both "
+                        f"{given[0]} and {given[1]}")
     if "shape" not in m:
         raise ctx.error(node, f"{where}.shape", "missing (e.g. shape: [512, 512, 512])")
-    nnode = m["name"][1]
-    name = read_str(ctx, nnode, f"{where}.name")
+    key = given[0]
+    knode = m[key][1]
+    text = read_str(ctx, knode, f"{where}.{key}")
+    kernel = ""
     try:
-        wl = get_workload(name)
+        if key == "name":
+            wl = get_workload(text)
+        else:
+            wl = load_kernel(text, base, kind=key)
+            kernel = text
+    except UserKernelError as e:
+        raise CampaignConfigError(str(ctx.file), knode.start_mark.line + 1, f"{where}.{key}", str(e)) from None
     except ConfigError:
         known = ", ".join(w.name for w in list_workloads())
-        raise ctx.error(nnode, f"{where}.name", f"unknown workload {name!r} (known: {known})") from None
+        raise ctx.error(knode, f"{where}.name", f"unknown workload {text!r} (known: {known}; or your own kernel "
+                        "as `template:`/`compute:` FILE.py:function)") from None
     snode = m["shape"][1]
-    shape = [read_int(1 if wl.params[i] != "pad" else 0, 1 << 20)(ctx, x, f"{where}.shape[{i}]")
+    shape = [read_int(1 if i >= len(wl.params) or wl.params[i] != "pad" else 0, 1 << 20)(ctx, x, f"{where}.shape[{i}]")
              for i, x in enumerate(_list(ctx, snode, f"{where}.shape"))]
     try:
         args = wl.check_args(shape)
     except ConfigError as e:
-        raise ctx.error(snode, f"{where}.shape", str(e)) from None
-    return WorkloadSpec(name, args, f"{ctx.file}:{node.start_mark.line + 1}")
+        raise ctx.error(snode, f"{where}.shape", f"{e} ({wl.label})" if kernel else str(e)) from None
+    return WorkloadSpec(wl.name, args, f"{ctx.file}:{node.start_mark.line + 1}", kernel, wl)
 
 
 def parse_campaign(text: str, path: str | Path = "<string>") -> CampaignSpec:
@@ -202,12 +232,13 @@ def parse_campaign(text: str, path: str | Path = "<string>") -> CampaignSpec:
                 raise unknown(ctx, knode, f"timing.{k}", k, TIMING)
             kw[k] = readers[k](ctx, vnode, f"timing.{k}")
         timing = replace(timing, **kw)
-    wls = tuple(_workload(ctx, n, i) for i, n in enumerate(_list(ctx, top["workloads"][1], "workloads")))
+    wls = tuple(_workload(ctx, n, i, base) for i, n in enumerate(_list(ctx, top["workloads"][1], "workloads")))
     seen: dict[tuple[str, tuple[int, ...]], str] = {}
     for w, n in zip(wls, top["workloads"][1].value):
         if (w.name, w.shape) in seen:
             raise ctx.error(
-                n, "workloads", f"{w.name} {list(w.shape)} is listed twice (first at {seen[(w.name, w.shape)]})"
+                n, "workloads", f"{w.name} {list(w.shape)} is listed twice (first at {seen[(w.name, w.shape)]}); "
+                "two kernels of one name need different names in a campaign"
             )
         seen[(w.name, w.shape)] = w.source
     name = v.get("name", Path(path).stem if str(path) != "<string>" else "campaign")
