@@ -328,8 +328,8 @@ HANDSHAKE: dict[str, Obj] = {
 }
 
 TABLES: dict[str, dict[str, Obj]] = {
-    "client->tracker": CLIENT_OPS, "tracker->client": TRACKER_TO_CLIENT, "device->tracker": DEVICE_OPS,
-    "tracker->device": TRACKER_TO_DEVICE, "handshake": HANDSHAKE,
+    "client->tracker": CLIENT_OPS, "tracker->client": TRACKER_TO_CLIENT, "replies": REPLIES,
+    "device->tracker": DEVICE_OPS, "tracker->device": TRACKER_TO_DEVICE, "handshake": HANDSHAKE,
 }
 
 

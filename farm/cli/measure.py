@@ -8,6 +8,7 @@ from typing import Any
 
 from rpc.auth import load_token
 from rpc.cli import add_common
+from rpc.client import MAX_OUTAGE_S
 from rpc.errors import RpcError
 from rpc.transport import make_ssl_contexts
 
@@ -26,6 +27,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--config", default="default", help="knob values as JSON, or 'default'")
     p.add_argument("--timeout", type=float, default=30.0, help="hard run timeout on the device, seconds")
     p.add_argument("--queue-timeout", type=float, default=120.0, help="longest wait for a device, seconds")
+    p.add_argument("--max-outage", type=float, default=MAX_OUTAGE_S, metavar="SECONDS",
+                   help="how long to re-dial a tracker that went away mid-measurement (its job is then "
+                        "resubmitted); 0: fail at once")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_measure)
 
@@ -74,7 +78,8 @@ def cmd_measure(args: argparse.Namespace) -> int:
         return _fail("measure", ValueError(f"bad --shape or --config: {e}"))
     try:
         _, client_ctx = make_ssl_contexts(None, None, args.tls_ca)
-        with connect(args.tracker, token=load_token(args.token_file), ssl_context=client_ctx) as session:
+        with connect(args.tracker, token=load_token(args.token_file), ssl_context=client_ctx,
+                     max_outage_s=args.max_outage) as session:
             target = session.target(args.key)
             artifact = workload_artifact(args.workload, shape, config, target)
             result = session.measure(artifact, key=args.key, options=RunOptions(timeout_s=args.timeout),

@@ -6,8 +6,12 @@
 
 The kernel is built on this machine for the target the device registered
 (its fingerprint), uploaded once per content hash, queued on the device key,
-and timed natively on the device. Failures of the farm (no device, deadline,
-lost connection, bad token) raise typed ``rpc.errors`` exceptions; a kernel
+and timed natively on the device. A tracker that restarts under a session is
+re-dialled (jittered backoff, up to ``max_outage_s``, default
+``rpc.client.MAX_OUTAGE_S``) and jobs whose results never came are resubmitted;
+a lease does not survive that (``Lease.lost`` says why). Failures of the farm
+(no device, deadline, an outage past the bound, bad token) raise typed
+``rpc.errors`` exceptions; a tracker unreachable at ``connect`` fails at once. A kernel
 that crashes, hangs or computes a wrong answer comes back as a MeasureResult
 with that outcome, or, with ``strict=True``, raises ``KernelCrashed``,
 ``KernelHung``, ``WrongAnswer``...
@@ -23,24 +27,30 @@ from typing import Any
 
 from farm.records.artifact import Artifact
 from farm.records.measure import MeasureResult, Outcome, RunOptions
-from rpc.client import Client
-from rpc.errors import DeadlineExceeded, RpcError, failure_for
+from rpc.client import MAX_OUTAGE_S, Client
+from rpc.errors import DeadlineExceeded, NoSuchLease, RpcError, failure_for
 
 
 def connect(
-    address: str, *, token: bytes | str | None = None, ssl_context: ssl.SSLContext | None = None, timeout: float = 10.0
+    address: str, *, token: bytes | str | None = None, ssl_context: ssl.SSLContext | None = None, timeout: float = 10.0,
+    max_outage_s: float = MAX_OUTAGE_S,
 ) -> Session:
-    """Open an authenticated session with a tracker (token: argument, else $FARM_TOKEN)."""
+    """Open an authenticated session with a tracker (token: argument, else $FARM_TOKEN).
+
+    ``timeout`` bounds the first dial, handshake included. ``max_outage_s`` bounds how long a
+    tracker that went away later is re-dialled; 0 turns re-dialling off (a caller that re-dials
+    by itself, like the campaign driver)."""
     from rpc.auth import load_token
 
     tok = token.encode() if isinstance(token, str) else token
-    return Session(Client(address, tok if tok else load_token(), ssl_context=ssl_context, timeout=timeout))
+    return Session(Client(address, tok if tok else load_token(), ssl_context=ssl_context, timeout=timeout,
+                          max_outage_s=max_outage_s))
 
 
 def _result(d: dict[str, Any], strict: bool) -> MeasureResult:
     result = MeasureResult.from_json(d)
     if strict and result.outcome is not Outcome.OK:
-        raise failure_for(result.outcome.value, result.message, result)
+        raise failure_for(result.outcome, result.message, result)
     return result
 
 
@@ -120,6 +130,11 @@ class Session:
         return self.submit(kernel, args, key=key, options=options, priority=priority,
                            queue_timeout_s=queue_timeout_s, strict=strict).result()
 
+    @property
+    def reconnects(self) -> int:
+        """How many times this session re-dialled a tracker that went away."""
+        return self.client.reconnects
+
     def lease(self, key: str, *, queue_timeout_s: float | None = None, priority: int = 0) -> Lease:
         """Hold one device of ``key`` exclusively until the lease is released (a context manager)."""
         granted = self.client.lease(key, queue_timeout_s=queue_timeout_s, priority=priority)
@@ -175,12 +190,24 @@ class Lease:
     def __init__(self, session: Session, key: str, lease_id: str, device: dict[str, Any]) -> None:
         self.session, self.key, self.lease_id, self.device = session, key, lease_id, device
 
+    @property
+    def lost(self) -> str | None:
+        """Why the lease was lost (its device went away, or the tracker connection did), or None.
+
+        A lost lease is never re-acquired behind your back: another client may hold the device now."""
+        return self.session.client.lost_leases.get(self.lease_id)
+
+    def _check(self) -> None:
+        why = self.lost
+        if why is not None:
+            raise NoSuchLease(f"lease {self.lease_id} on {self.device.get('name', self.key)} was lost: {why}")
+
     def submit(self, kernel: Any, args: Sequence[Any] | None = None, **kw: Any) -> Job:
+        self._check()
         return self.session.submit(kernel, args, key=self.key, _lease_id=self.lease_id, **kw)
 
     def measure(self, kernel: Any, args: Sequence[Any] | None = None, **kw: Any) -> MeasureResult:
-        strict = kw.pop("strict", False)
-        return self.session.submit(kernel, args, key=self.key, _lease_id=self.lease_id, strict=strict, **kw).result()
+        return self.submit(kernel, args, **kw).result()
 
     def release(self) -> None:
         self.session.client.release(self.lease_id)
