@@ -2,7 +2,7 @@
 
     python benchmarks/bench_reliability.py --quick --json
 
-Three parts, run one after another (never two heavy runs at once on a small machine):
+Five parts, run one after another (never two heavy runs at once on a small machine):
 
 1. chaos: a real campaign (`farm tune --tracker`, Ray builds, CPU device servers) while
    device servers are SIGKILLed (some restarted), the tracker is killed and restarted,
@@ -12,9 +12,18 @@ Three parts, run one after another (never two heavy runs at once on a small mach
    probe every 100 inputs; counts frames fuzzed, crashes and hangs.
 3. load: one tracker, 64 device-server processes (a 1 ms kernel), 4 concurrent clients;
    jobs/s, p50/p99 job latency, tracker CPU seconds and RSS.
+4. wire: every field of every op of the wire table (rpc.fields) with hostile values (NaN,
+   +-inf, 1e308, negatives, wrong types, huge strings), at the table, at a real tracker and
+   at a real device server; each must be a BadRequest naming the field, and after each op a
+   control job's queue deadline must still fire (``deadline_poisoned`` counts ops after which
+   it did not).
+5. restart: a re-dialling session (``farm.connect``) keeps measurements in flight while the
+   tracker is SIGKILLed and restarted; ``measure_lost_on_restart`` counts those that never
+   came back measured, or came back to the wrong job.
 
 The last line with --json is one JSON object (keys: faults_injected, trials_planned,
-trials_logged, lost, duplicated, crashes, hangs, frames_fuzzed, load_*, tracker_*).
+trials_logged, lost, duplicated, crashes, hangs, frames_fuzzed, load_*, tracker_*,
+wire_fields_fuzzed, deadline_poisoned, measure_lost_on_restart, restart_*).
 """
 from __future__ import annotations
 
@@ -74,19 +83,51 @@ def load(workdir: Path, quick: bool) -> dict[str, Any]:
     }
 
 
+def wire(workdir: Path, quick: bool) -> dict[str, Any]:
+    from tests.support.fuzz_fields import run_wire_fuzz
+
+    r = run_wire_fuzz(workdir)
+    return {
+        "wire_fields_fuzzed": r.sent, "wire_rules_checked": r.rules_checked,
+        "wire_wrong_answers": len(r.wrong_answers), "wire_ops": r.tracker.ops + r.device.ops,
+        "deadline_poisoned": r.tracker.deadline_poisoned,
+        "wire_deadline_max_s": round(max(r.tracker.deadline_s, default=0.0), 2),
+        "wire_crashes": int(not (r.tracker_alive and r.device_alive) or bool(r.leaked)),
+        "wire_hangs": int(not r.probe_ok), "wire_wall_s": round(r.wall_s, 1),
+    }
+
+
+def restart(workdir: Path, quick: bool) -> dict[str, Any]:
+    from tests.rpc.restart import run_restarts
+
+    r = run_restarts(workdir, jobs=8 if quick else 24, restarts=2 if quick else 4)
+    return {
+        "measure_lost_on_restart": r.lost + r.wrong, "restart_jobs": r.jobs, "restart_restarts": 2 if quick else 4,
+        "restart_reconnects": r.reconnects, "restart_resubmitted": r.resubmitted,
+        "restart_wall_s": round(r.wall_s, 1), "restart_crashes": int(bool(r.leaked)),
+    }
+
+
+# Parts in the order they run. Another part (e.g. "cli" -> cli_tracebacks, the CLI's error paths)
+# joins by adding its function here and its crash/hang counts to CRASH_KEYS / HANG_KEYS.
+PARTS = {"chaos": chaos, "fuzz": fuzz, "load": load, "wire": wire, "restart": restart}
+CRASH_KEYS = ("chaos_crashes", "fuzz_crashes", "load_crashes", "wire_crashes", "restart_crashes")
+HANG_KEYS = ("chaos_hangs", "fuzz_hangs", "wire_hangs")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="smaller budgets (a few minutes in all)")
     ap.add_argument("--json", action="store_true", help="end with one JSON object on its own line")
-    ap.add_argument("--only", choices=["chaos", "fuzz", "load"], action="append", help="run only these parts")
+    ap.add_argument("--only", choices=list(PARTS), action="append", help="run only these parts")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("asyncio").setLevel(logging.ERROR)  # fuzzed peers hang up mid-write by design
-    parts = args.only or ["chaos", "fuzz", "load"]
+    parts = args.only or list(PARTS)
     out: dict[str, Any] = {"quick": args.quick}
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="kf-reliability-") as tmp:
-        for name, fn in (("chaos", chaos), ("fuzz", fuzz), ("load", load)):
+        for name, fn in PARTS.items():
             if name in parts:
                 t = time.monotonic()
                 res = fn(Path(tmp) / name, args.quick)
@@ -94,17 +135,18 @@ def main(argv: list[str] | None = None) -> int:
                 print(
                     f"{name}: {time.monotonic() - t:.0f}s " + ", ".join(f"{k}={v}" for k, v in res.items()), flush=True
                 )
-    out["crashes"] = sum(int(out.get(k, 0)) for k in ("chaos_crashes", "fuzz_crashes", "load_crashes"))
-    out["hangs"] = sum(int(out.get(k, 0)) for k in ("chaos_hangs", "fuzz_hangs"))
+    out["crashes"] = sum(int(out.get(k, 0)) for k in CRASH_KEYS)
+    out["hangs"] = sum(int(out.get(k, 0)) for k in HANG_KEYS)
     out.setdefault("faults_injected", 0)
     out["wall_s"] = round(time.monotonic() - t0, 1)
-    for k in ("trials_planned", "trials_logged", "lost", "duplicated", "frames_fuzzed"):
+    for k in ("trials_planned", "trials_logged", "lost", "duplicated", "frames_fuzzed", "wire_fields_fuzzed",
+              "deadline_poisoned", "measure_lost_on_restart"):
         out.setdefault(k, 0)
-    print(f"lost={out['lost']} duplicated={out['duplicated']} crashes={out['crashes']} hangs={out['hangs']} "
-          f"(must all be 0)", flush=True)
+    must_be_zero = ("lost", "duplicated", "crashes", "hangs", "deadline_poisoned", "measure_lost_on_restart")
+    print(" ".join(f"{k}={out[k]}" for k in must_be_zero) + " (must all be 0)", flush=True)
     if args.json:
         print(json.dumps(out))
-    ok = out["lost"] == 0 and out["duplicated"] == 0 and out["crashes"] == 0 and out["hangs"] == 0
+    ok = all(out[k] == 0 for k in must_be_zero) and out.get("wire_wrong_answers", 0) == 0
     return 0 if ok else 1
 
 

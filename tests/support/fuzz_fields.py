@@ -373,3 +373,61 @@ class FieldFuzzTracker:
         assert msg.op == "result" and msg.header.get("job_id") == job_id, msg.header
         return dict(msg.header["result"])
 
+
+
+# ---- one run, as bench_reliability.py does it ---------------------------------------------------------
+@dataclass
+class WireRunReport:
+    rules_checked: int  # hostile cases fed to the table directly (float NaN/inf included)
+    rule_failures: list[str]
+    tracker: FieldFuzzReport
+    device: FieldFuzzReport
+    tracker_alive: bool
+    device_alive: bool
+    probe_ok: bool  # a real job through the fuzzed device server afterwards
+    wall_s: float
+    leaked: list[int] = field(default_factory=list)
+
+    @property
+    def sent(self) -> int:
+        return self.tracker.sent + self.device.sent
+
+    @property
+    def wrong_answers(self) -> list[str]:
+        return self.rule_failures + self.tracker.wrong_answers + self.device.wrong_answers
+
+
+def run_wire_fuzz(workdir: Any) -> WireRunReport:
+    """Every hostile field at a real tracker process (with a shared log, so the log ops count) and
+    at a real device-server process dialling a FieldFuzzTracker; every process accounted for."""
+    from tests.rpc.fake_backend import fake_artifact
+    from tests.rpc.harness import FAKE_KIND, LocalFarm
+
+    t0 = time.monotonic()
+    n, rule_failures = check_rules()
+    farm = LocalFarm(workdir, heartbeat=0.5, frame_timeout=2.0)
+    try:
+        farm.start_tracker(0, "--log", str(workdir / "shared.jsonl"))
+        assert farm.tracker is not None
+        token = farm.token.encode()
+        tracker_report = asyncio.run(fuzz_tracker_fields(farm.address, token))
+
+        async def device() -> tuple[FieldFuzzReport, bool, bool]:
+            ft = FieldFuzzTracker(token)
+            address = await ft.start()
+            dev = farm._spawn(["serve", "--tracker", address, "--key", "fz", "--kind", FAKE_KIND, "--name", "fz",
+                               "--load-grace", "1", "--backoff-cap", "0.05"], "serve-field-fuzzed")
+            try:
+                report = await ft.fuzz()
+                art = fake_artifact("ok", tag="after-field-fuzz")
+                probe = await ft.run_job(art.header(), art.code, {"repeat": 1, "timeout_s": 5}, "probe")
+            finally:
+                await ft.stop()
+            return report, probe.get("outcome") == "OK", dev.alive()
+
+        device_report, probe_ok, device_alive = asyncio.run(device())
+        tracker_alive = farm.tracker.alive()
+    finally:
+        leaked = farm.close()
+    return WireRunReport(n, rule_failures, tracker_report, device_report, tracker_alive, device_alive, probe_ok,
+                         time.monotonic() - t0, leaked)
