@@ -19,6 +19,7 @@ class DeviceBackend(Protocol):
         """Fingerprint: ISA/triple, CPU name and features, cores, caches, memory, OS, versions."""
         ...
 
-    def run_job(self, artifact: Artifact, options: RunOptions) -> MeasureResult:
-        """Load, check against the reference on seeded inputs, then time natively."""
+    def run_job(self, artifact: Artifact, options: RunOptions, reference: Artifact | None = None) -> MeasureResult:
+        """Load, check against the reference on seeded inputs, then time natively. ``reference`` is
+        the artifact ``artifact.reference`` names, when it names one (devices.check)."""
         ...

@@ -1,56 +1,18 @@
-"""CPU backend: load, check against the numpy reference, time (farm.runtime does the loading)."""
+"""CPU backend: load, check against the reference (devices.check), time (farm.runtime loads)."""
 from __future__ import annotations
 
-import collections
-import json
 import logging
 import time
-from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-
+from devices.check import expected_outputs
 from farm.errors import LoadError
 from farm.records.artifact import Artifact
 from farm.records.measure import MeasureResult, Outcome, RunOptions
 from farm.runtime.buffers import compare, seeded_inputs
 from farm.runtime.loader import LoadedKernel
-from farm.workloads.references import reference_for
 
 log = logging.getLogger(__name__)
-
-
-def reference_outputs(artifact: Artifact, inputs: Sequence[np.ndarray]) -> list[np.ndarray] | None:
-    """The workload's numpy reference for this artifact's outputs, if it names one."""
-    if not artifact.workload:
-        return None
-    ref = reference_for(str(artifact.workload["name"]))
-    if ref is None:
-        return None
-    ins = [a for a, s in zip(inputs, artifact.args) if s.role == "in"]
-    outs = ref(list(artifact.workload["args"]), ins)
-    return [np.asarray(o) for o in outs]
-
-
-_REF_CACHE: collections.OrderedDict[str, list[np.ndarray] | None] = collections.OrderedDict()
-_REF_CACHE_SIZE = 4
-
-
-def seeded_reference(artifact: Artifact, inputs: Sequence[np.ndarray], seed: int) -> list[np.ndarray] | None:
-    """``reference_outputs`` for ``seeded_inputs(artifact.args, seed)``, cached.
-
-    A campaign checks many configs of one workload on the same seeded inputs;
-    the float64 numpy reference (seconds for a large conv2d) is the same for
-    all of them, so a warm device worker computes it once."""
-    key = json.dumps([artifact.workload, seed, [a.to_json() for a in artifact.args]], sort_keys=True)
-    if key in _REF_CACHE:
-        _REF_CACHE.move_to_end(key)
-        return _REF_CACHE[key]
-    ref = reference_outputs(artifact, inputs)
-    _REF_CACHE[key] = ref
-    while len(_REF_CACHE) > _REF_CACHE_SIZE:
-        _REF_CACHE.popitem(last=False)
-    return ref
 
 
 class CpuBackend:
@@ -66,7 +28,7 @@ class CpuBackend:
 
         return cpu_fingerprint()
 
-    def run_job(self, artifact: Artifact, options: RunOptions) -> MeasureResult:
+    def run_job(self, artifact: Artifact, options: RunOptions, reference: Artifact | None = None) -> MeasureResult:
         t0 = time.perf_counter()
         try:
             k = LoadedKernel(artifact, options.num_threads)
@@ -76,7 +38,10 @@ class CpuBackend:
         arrays = seeded_inputs(artifact.args, options.seed)
         checked = False
         if options.check:
-            ref = seeded_reference(artifact, arrays, options.seed)
+            try:
+                ref = expected_outputs(artifact, arrays, options.seed, reference)
+            except LoadError as e:
+                return MeasureResult.error(Outcome.LOAD_ERROR, str(e), flops=artifact.flops, device_key=self.key)
             if ref is not None:
                 k(*arrays)
                 outs = [a for a, s in zip(arrays, artifact.args) if s.role == "out"]

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from devices.cpu import seeded_reference
+from devices.check import expected_outputs
 from devices.cuda_driver import DEVICE_LOST_CODES, CudaError, Driver
 from farm.errors import LoadError
 from farm.records.artifact import Artifact
@@ -95,7 +95,7 @@ class CudaBackend:
         return dict(self._fingerprint)
 
     # --- one job --------------------------------------------------------------------
-    def run_job(self, artifact: Artifact, options: RunOptions) -> MeasureResult:
+    def run_job(self, artifact: Artifact, options: RunOptions, reference: Artifact | None = None) -> MeasureResult:
         kw = {"flops": artifact.flops, "device_key": self.key}
         try:
             grid, block = self._validate(artifact)
@@ -112,7 +112,7 @@ class CudaBackend:
         load_s = time.perf_counter() - t0
         ptrs: list[int] = []
         try:
-            return self._measure(artifact, options, fn, grid, block, ptrs, load_s)
+            return self._measure(artifact, options, fn, grid, block, ptrs, load_s, reference)
         except CudaError as e:
             outcome = self._outcome(e, Outcome.RUNTIME_ERROR)
             log.info("kernel failed (%s); resetting the context", e)
@@ -149,7 +149,8 @@ class CudaBackend:
                 log.warning("cuModuleUnload failed", exc_info=True)
 
     def _measure(self, artifact: Artifact, options: RunOptions, fn: int, grid: tuple[int, int, int],
-                 block: tuple[int, int, int], ptrs: list[int], load_s: float) -> MeasureResult:
+                 block: tuple[int, int, int], ptrs: list[int], load_s: float,
+                 reference: Artifact | None = None) -> MeasureResult:
         d = self.drv
         kw = {"flops": artifact.flops, "device_key": self.key, "load_s": load_s}
         extra = {name: d.function_attribute(fn, name) for name in ("registers", "local_bytes", "shared_bytes")}
@@ -158,7 +159,8 @@ class CudaBackend:
         if threads > limit:
             return MeasureResult.error(
                 Outcome.RUNTIME_ERROR,
-                f"block of {threads} threads exceeds this kernel's limit of {limit} ({extra['registers']} registers/thread)",
+                f"block of {threads} threads exceeds this kernel's limit of {limit} "
+                f"({extra['registers']} registers/thread)",
                 extra=extra,
                 **kw,
             )
@@ -173,7 +175,10 @@ class CudaBackend:
         d.synchronize()
         checked = False
         if options.check:
-            ref = seeded_reference(artifact, arrays, options.seed)
+            try:
+                ref = expected_outputs(artifact, arrays, options.seed, reference)
+            except LoadError as e:
+                return MeasureResult.error(Outcome.LOAD_ERROR, str(e), extra=extra, **kw)
             if ref is not None:
                 outs = [(a, p, s) for a, p, s in zip(arrays, ptrs, artifact.args) if s.role == "out"]
                 for (a, p, s), r in zip(outs, ref):

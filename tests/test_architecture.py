@@ -37,7 +37,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "farm.search": ("farm.tuning",),  # the documented path farm.search.make_tuner
     "farm.client": (*_RECORDS, "farm.target", "farm.te", "farm.compiler", "farm.workloads", "farm.log", "rpc"),
     "farm.export": (*_RECORDS, "farm.target", "farm.te", "farm.compiler", "farm.runtime", "farm.workloads",
-                    "farm.log", "devices.cpu"),
+                    "farm.log", "devices.check"),
     "farm.campaign": (*_RECORDS, "farm.target", "farm.yamlconf", "farm.te", "farm.compiler", "farm.workloads",
                       "farm.log", "farm.tuning", "farm.client", "rpc"),
     "farm.cli": ("farm", "rpc", "devices"),  # the command line may reach every room

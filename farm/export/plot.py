@@ -36,8 +36,9 @@ class TaskCurve:
 
     @property
     def label(self) -> str:
-        name, args, device = self.task
-        return f"{name}({','.join(map(str, args))}) on {device}"
+        name, h, args, device = self.task
+        tag = f"{name}@{h[:8]}" if h else name
+        return f"{tag}({','.join(map(str, args))}) on {device}"
 
     @property
     def trials(self) -> int:
@@ -57,8 +58,7 @@ def tuning_curves(records: Iterable[LogRecord], workload: str | None = None,
     for r in records:
         if not matches(r, workload=workload, device=device):
             continue
-        key = (r.workload, r.args, r.device_key)
-        curves.setdefault(key, TaskCurve(key)).add(r)
+        curves.setdefault(r.task_key, TaskCurve(r.task_key)).add(r)
     return [curves[k] for k in sorted(curves)]
 
 

@@ -27,7 +27,8 @@ from farm.records.measure import MeasureResult, Outcome, RunOptions
 
 log = logging.getLogger(__name__)
 
-LOG_SCHEMA_VERSION = 1
+# 2: workload.hash (user kernels), result.checked, workload.bytes. Version 1 lines read as before.
+LOG_SCHEMA_VERSION = 2
 
 
 class LogError(FarmError):
@@ -56,6 +57,20 @@ class LogRecord:
     dtype: str = "float32"
     campaign: str = ""
     task: str = ""
+    workload_hash: str = ""  # a user kernel's compute hash; "" for built-ins (known by name)
+    checked: bool | None = None  # the device compared the outputs with a reference (None: not recorded)
+    nbytes: int = 0  # bytes of the kernel's arguments, for GB/s
+
+    @property
+    def task_key(self) -> tuple[str, str, tuple[int, ...], str]:
+        """(name, hash, shape, device key): records of one tuning task; two kernels of one name differ."""
+        return (self.workload, self.workload_hash, self.args, self.device_key)
+
+    @property
+    def gbps(self) -> float:
+        """Argument bytes per second of the median time, in GB/s (0 when unknown)."""
+        m = self.median_s
+        return self.nbytes / m / 1e9 if self.nbytes and m < float("inf") and m > 0 else 0.0
 
     @property
     def ok(self) -> bool:
@@ -65,6 +80,12 @@ class LogRecord:
     def workload_id(self) -> str:
         """``matmul(256,256,256)``: how tables and the CLI name a workload instance."""
         return f"{self.workload}({','.join(map(str, self.args))})"
+
+    @property
+    def workload_label(self) -> str:
+        """``name@hash(shape)`` for a user kernel, ``name(shape)`` for a built-in."""
+        tag = f"{self.workload}@{self.workload_hash[:8]}" if self.workload_hash else self.workload
+        return f"{tag}({','.join(map(str, self.args))})"
 
     @property
     def config(self) -> dict[str, Any]:
@@ -83,7 +104,8 @@ class LogRecord:
     def from_measurement(cls, *, workload: str, args: Sequence[int], target: str, config: Any,
                          result: MeasureResult, options: RunOptions | None = None, device_key: str = "",
                          fingerprint: dict[str, Any] | None = None, build_s: float = 0.0,
-                         campaign: str = "", task: str = "", timestamp: float | None = None) -> LogRecord:
+                         campaign: str = "", task: str = "", timestamp: float | None = None,
+                         workload_hash: str = "", nbytes: int = 0) -> LogRecord:
         """Build a record from a MeasureResult; ``config`` is a ConfigEntity or its JSON dict."""
         cj = config.to_json() if hasattr(config, "to_json") else dict(config)
         return cls(
@@ -94,6 +116,7 @@ class LogRecord:
             timing=options.to_json() if options is not None else {}, build_s=float(build_s),
             timestamp=time.time() if timestamp is None else float(timestamp),
             fingerprint=dict(fingerprint or {}), campaign=campaign, task=task,
+            workload_hash=workload_hash, checked=bool(result.checked), nbytes=int(nbytes),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -109,6 +132,12 @@ class LogRecord:
             "build_s": self.build_s,
             "timestamp": self.timestamp,
         }
+        if self.workload_hash:
+            out["workload"]["hash"] = self.workload_hash
+        if self.nbytes:
+            out["workload"]["bytes"] = self.nbytes
+        if self.checked is not None:
+            out["result"]["checked"] = self.checked
         if self.campaign:
             out["campaign"] = self.campaign
         if self.task:
@@ -131,7 +160,8 @@ class LogRecord:
             message=str(res.get("message", "")), number=int(res.get("number", 0)),
             timing=dict(d.get("timing") or {}), build_s=float(d.get("build_s", 0.0)),
             timestamp=float(d.get("timestamp", 0.0)), campaign=str(d.get("campaign", "")),
-            task=str(d.get("task", "")),
+            task=str(d.get("task", "")), workload_hash=str(wl.get("hash", "")),
+            checked=None if res.get("checked") is None else bool(res["checked"]), nbytes=int(wl.get("bytes", 0)),
         )
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from farm.errors import LoadError
@@ -66,8 +66,12 @@ class Artifact:
     args: tuple[ArgSpec, ...]
     flops: float
     entry: str = ENTRY_SYMBOL
-    workload: dict[str, Any] | None = None  # {"name":..., "args": [...]}: reference on the device
+    workload: dict[str, Any] | None = None  # {"name":..., "args": [...], "hash"?}: reference on the device
     meta: dict[str, Any] = field(default_factory=dict)  # e.g. launch dims for PTX
+    # The check a user kernel carries: {"kind": "naive" | "outputs", "hash": H} names another artifact
+    # (the naive schedule's object, or expected output arrays) shipped content-addressed beside it.
+    # Part of the header, so of the hash: a candidate cannot be sent with another's reference.
+    reference: dict[str, Any] | None = None
 
     @property
     def hash(self) -> str:
@@ -91,6 +95,8 @@ class Artifact:
             "meta": self.meta,
             "code_size": len(self.code),
         }
+        if self.reference is not None:  # absent, not null, when unset: older artifacts keep their hashes
+            d["reference"] = self.reference
         if with_hash:
             d["hash"] = self.hash
         return d
@@ -115,6 +121,7 @@ class Artifact:
                 entry=str(header.get("entry", ENTRY_SYMBOL)),
                 workload=header.get("workload"),
                 meta=dict(header.get("meta") or {}),
+                reference=_reference(header.get("reference")),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise LoadError(f"malformed artifact header: {e!r}") from e
@@ -122,6 +129,12 @@ class Artifact:
         if want is not None and want != art.hash:
             raise LoadError(f"artifact hash mismatch: header {want[:12]}..., content {art.hash[:12]}...")
         return art
+
+    def with_reference(self, ref: Artifact | None) -> Artifact:
+        """This candidate bound to the reference artifact its outputs are checked against."""
+        if ref is None:
+            return self
+        return replace(self, reference={"kind": "naive" if ref.kind == "object" else ref.kind, "hash": ref.hash})
 
     def to_json(self) -> dict[str, Any]:
         d = self.header()
@@ -135,3 +148,41 @@ class Artifact:
         except (KeyError, ValueError) as e:
             raise LoadError(f"artifact code is missing or not base64: {e!r}") from e
         return cls.from_header(d, code)
+
+
+REFERENCE_KINDS = ("naive", "outputs")
+
+
+def _reference(raw: Any) -> dict[str, Any] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or raw.get("kind") not in REFERENCE_KINDS or not isinstance(raw.get("hash"), str):
+        raise LoadError(f"artifact reference must be {{kind: naive|outputs, hash}}, got {raw!r:.80}")
+    return {"kind": raw["kind"], "hash": raw["hash"]}
+
+
+def outputs_artifact(outputs: list[Any], names: list[str], seed: int) -> Artifact:
+    """Expected output arrays as an artifact (kind "outputs"): what a device compares with when the
+    reference is a numpy function or runs on another machine (float64, C order, concatenated)."""
+    import numpy as np  # local: records import the standard library only
+
+    arrays = [np.ascontiguousarray(np.asarray(o, dtype=np.float64)) for o in outputs]
+    return Artifact(
+        target="", triple="", cpu="", features="", kind="outputs", code=b"".join(a.tobytes() for a in arrays),
+        args=tuple(ArgSpec(n, tuple(a.shape), "float64", "out") for n, a in zip(names, arrays)), flops=0.0,
+        entry="", meta={"seed": int(seed)},
+    )
+
+
+def outputs_of(art: Artifact) -> list[Any]:
+    """The arrays of an ``outputs_artifact``."""
+    import numpy as np
+
+    out, off = [], 0
+    for spec in art.args:
+        n = spec.nbytes
+        if off + n > len(art.code):
+            raise LoadError(f"reference outputs are {len(art.code)} bytes, their specs need more")
+        out.append(np.frombuffer(art.code, dtype=spec.dtype, count=n // 8, offset=off).reshape(spec.shape))
+        off += n
+    return out

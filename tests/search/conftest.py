@@ -1,16 +1,10 @@
 """Shared helpers: synthetic records and a synthetic speed function over a real space."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-
-_ROOT = str(Path(__file__).resolve().parents[2])
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
 
 from farm.log import LogRecord
 from farm.records.measure import MeasureResult, Outcome, RunOptions

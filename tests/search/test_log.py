@@ -95,7 +95,8 @@ def test_queries() -> None:
     assert best(recs, workload="conv2d") is None
     per = best_per_task(recs)
     assert {k: v.config_index for k, v in per.items()} == {
-        ("matmul", (32, 32, 32), "a"): 1, ("matmul", (32, 32, 32), "b"): 2, ("matmul", (64, 64, 64), "a"): 3}
+        ("matmul", "", (32, 32, 32), "a"): 1, ("matmul", "", (32, 32, 32), "b"): 2,
+        ("matmul", "", (64, 64, 64), "a"): 3}
     top = top_k(recs, 3, args=(32, 32, 32))
     assert [r.config_index for r in top] == [1, 2, 0]  # distinct configs, best measurement of each
     h = history(recs, "matmul", args=(32, 32, 32))

@@ -22,7 +22,7 @@ def _campaign(log_path: Path, space: Any, f: Any, name: str, rounds: int, seed: 
     t = make_tuner(name, space, seed=seed, context=CTX, **({"sa_steps": 8, "n_chains": 16} if name == "xgb" else {}))
     t.load_history(load_log(log_path).records)
     with LogWriter(log_path) as w:
-        for n in range(rounds):
+        for _ in range(rounds):
             idx = t.propose(8)
             recs = [make_record(i, f(i) or 1.0, knobs=space.get(i).to_json()["knobs"]) for i in idx]
             t.observe([(i, f(i)) for i in idx])
