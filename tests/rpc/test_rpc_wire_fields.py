@@ -204,3 +204,33 @@ def test_sync_client_submit_with_a_nan_string_is_one_clear_error(local_farm: Loc
     with pytest.raises(BadRequest) as e:
         c.submit(art.header(), art.code, "nodev", queue_timeout_s="nan")
     assert str(e.value) == "submit: queue_timeout_s must be a number in [0, 2.592e+06], got 'nan'"
+
+
+def test_a_job_the_device_refuses_fails_for_its_client_with_that_error() -> None:
+    """Device -> tracker `error{job_id, error}` (a device that cannot accept a job's fields): the
+    client hears BadRequest at once instead of waiting out the run budget; the device stays."""
+
+    async def main() -> None:
+        tracker = Tracker(TOKEN, tick_s=0.05)
+        _, port = await tracker.start("127.0.0.1", 0)
+        try:
+            dev = await auth.dial_address("127.0.0.1", port, TOKEN, "device")
+            await dev.send({"op": "register", "key": "k", "name": "strict"})
+            assert (await dev.recv(idle_timeout=5)).op == "registered"
+            client = await AsyncClient.connect(f"127.0.0.1:{port}", TOKEN)
+            art = fake_artifact("ok", tag="refused")
+            job = await client.submit(art.header(), art.code, "k", {"timeout_s": 5})
+            msg = await dev.recv(idle_timeout=5)
+            assert msg.op == "job" and msg.header["job_id"] == job
+            await dev.send({"op": "error", "job_id": job,
+                            "error": {"type": "BadRequest", "message": "job: options.timeout_s is too long here"}})
+            with pytest.raises(BadRequest, match="device refused the job: job: options.timeout_s"):
+                await client.result(job, timeout=5)
+            (d,) = (await client.summary())["devices"]
+            assert (d["state"], d["errors"]) == ("free", 1) and d["last_error"].startswith("BadRequest")
+            await client.close()
+            dev.abort()
+        finally:
+            await tracker.stop()
+
+    asyncio.run(main())
