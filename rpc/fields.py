@@ -222,6 +222,9 @@ ARTIFACT = Obj({
     "args": F(ListOf(ARG_SPEC, 1024)),
     "flops": F(FLOPS),
     "workload": F(FREE, nullable=True), "meta": F(FREE),
+    # the check a user kernel carries: another artifact, named by kind and content hash
+    "reference": F(Obj({"kind": F(Str(choices=("naive", "outputs")), required=True),
+                        "hash": F(HASH, required=True)}, extra="refuse")),
 }, extra="keep")
 
 # farm.records.measure.MeasureResult.to_json()
@@ -237,14 +240,14 @@ LOG_RECORD = Obj({
     "v": F(Num(1, 1000, integer=True), required=True),
     "workload": F(Obj({"name": F(Str(200, 1), required=True),
                        "args": F(ListOf(Num(-(2**53), 2**53, integer=True), 64), required=True),
-                       "dtype": F(Str(32))}, extra="keep"), required=True),
+                       "dtype": F(Str(32)), "hash": F(Str(128)), "bytes": F(COUNT)}, extra="keep"), required=True),
     "target": F(Str(16 << 10)),
     "device": F(Obj({"key": F(Str(128)), "fingerprint": F(FREE)}, extra="keep")),
     "config": F(Obj({"index": F(Num(0, 2**63, integer=True), required=True), "knobs": F(FREE)}, extra="keep"),
                 required=True),
     "result": F(Obj({"outcome": F(Str(choices=tuple(o.value for o in Outcome)), required=True),
                      "costs": F(ListOf(SECONDS, 1 << 20)), "gflops": F(FLOPS), "message": F(TEXT),
-                     "number": F(COUNT)}, extra="keep"), required=True),
+                     "number": F(COUNT), "checked": F(Bool())}, extra="keep"), required=True),
     "timing": F(FREE), "build_s": F(SECONDS), "timestamp": F(Num(0, 1e11)),
     "campaign": F(Str(200)), "task": F(Str(200)),
 }, extra="keep")

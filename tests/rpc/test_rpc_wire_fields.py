@@ -55,12 +55,20 @@ def test_the_table_matches_the_records_it_checks() -> None:
 
     assert names(fields.RUN_OPTIONS) == {f.name for f in dataclasses.fields(RunOptions)}
     assert names(fields.RESULT) == set(MeasureResult(Outcome.OK).to_json())
-    assert names(fields.ARTIFACT) == set(fake_artifact().header()) | {"hash"}
+    referenced = fake_artifact().with_reference(fake_artifact(tag="ref"))
+    assert names(fields.ARTIFACT) == set(referenced.header())
+    fields.check(fields.ARTIFACT, referenced.header(), "artifact")
     from farm.log import LogRecord
 
     rec = LogRecord(workload="w", args=(1,), target="llvm", device_key="k", config_index=0, knobs={},
-                    outcome=Outcome.OK, campaign="c", task="t")
-    assert names(fields.LOG_RECORD) == set(rec.to_json())
+                    outcome=Outcome.OK, campaign="c", task="t", workload_hash="h", checked=True, nbytes=8)
+    d = rec.to_json()
+    assert names(fields.LOG_RECORD) == set(d)
+    log_fields = fields.LOG_RECORD.fields or {}
+    for part in ("workload", "device", "config", "result"):  # every key a record writes has a rule
+        rule = log_fields[part].rule
+        assert isinstance(rule, fields.Obj) and set(d[part]) <= names(rule), part
+    fields.check(fields.LOG_RECORD, d, "record")
     # every value of the ranges the records allow by default passes
     fields.check(fields.RUN_OPTIONS, RunOptions().to_json(), "options")
 

@@ -37,7 +37,7 @@ def _artifact() -> dict[str, Any]:
     return {"hash": HASH, "code_size": 10, "target": "llvm", "triple": "x86_64-unknown-linux-gnu", "cpu": "generic",
             "features": "", "kind": "object", "entry": "kf_main",
             "args": [{"name": "A", "shape": [4], "dtype": "float32", "role": "out"}], "flops": 1.0,
-            "workload": {"name": "fake"}, "meta": {}}
+            "workload": {"name": "fake"}, "meta": {}, "reference": {"kind": "naive", "hash": HASH}}
 
 
 _OPTIONS = {"number": 1, "repeat": 1, "min_repeat_ms": 0.0, "cooldown_ms": 0.0, "flush_cache": False, "check": True,
@@ -45,9 +45,10 @@ _OPTIONS = {"number": 1, "repeat": 1, "min_repeat_ms": 0.0, "cooldown_ms": 0.0, 
 _RESULT = {"outcome": "OK", "costs": [0.001], "message": "", "flops": 1.0, "number": 1, "load_s": 0.0, "run_s": 0.0,
            "device_key": "k", "checked": True, "extra": {}}
 _ERROR = {"type": "BadRequest", "message": "m"}
-_RECORD = {"v": 1, "workload": {"name": "matmul", "args": [4, 4, 4], "dtype": "float32"}, "target": "llvm",
-           "device": {"key": "k", "fingerprint": {}}, "config": {"index": 0, "knobs": {}},
-           "result": {"outcome": "OK", "costs": [0.001], "gflops": 1.0, "message": "", "number": 1},
+_RECORD = {"v": 2, "workload": {"name": "matmul", "args": [4, 4, 4], "dtype": "float32", "hash": "h", "bytes": 8},
+           "target": "llvm", "device": {"key": "k", "fingerprint": {}}, "config": {"index": 0, "knobs": {}},
+           "result": {"outcome": "OK", "costs": [0.001], "gflops": 1.0, "message": "", "number": 1,
+                      "checked": True},
            "timing": {}, "build_s": 0.0, "timestamp": 1.0, "campaign": "c", "task": "t"}
 
 # One valid message per op of every table (the op itself is added by the table's key).
