@@ -6,7 +6,8 @@ session, records both pids in ``--pidfile`` and prints them as one JSON line.
 It stops the server when its stdin closes (the SSH connection or the ``up``
 process is gone, so the tunnel is too), on SIGTERM/SIGHUP/SIGINT, and exits
 with the server's status if the server dies on its own. ``--stop GLOB`` is
-what ``farm devices down`` runs: it stops whatever those pidfiles name.
+what ``farm devices down`` runs: it stops whatever those pidfiles name (``--list GLOB``
+only reports which of them still run).
 
 Only the standard library and ``rpc`` are imported: this runs on the board.
 """
@@ -38,7 +39,8 @@ def _serve(args: list[str]) -> int:
     return int(ns.func(ns) or 0)
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie, exited but not yet reaped by its parent, does not)."""
     try:
         with open(f"/proc/{pid}/stat") as fh:
             return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
@@ -62,30 +64,51 @@ def _kill_group(pgid: int, grace: float) -> None:
         except (ProcessLookupError, PermissionError):
             return
         deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and _alive(pgid):
+        while time.monotonic() < deadline and alive(pgid):
             time.sleep(0.05)
-        if not _alive(pgid):
+        if not alive(pgid):
             return
+
+
+def _pids(path: str) -> tuple[int, int]:
+    """(launcher, server) from a pidfile; zeros when it is unreadable."""
+    try:
+        with open(path) as fh:
+            launcher, server = (int(x) for x in fh.read().split()[:2])
+    except (OSError, ValueError):
+        return 0, 0
+    return launcher, server
+
+
+def _live(launcher: int, server: int) -> list[int]:
+    return [p for p in (launcher, server) if p > 0 and alive(p) and _ours(p)]
+
+
+def running(pattern: str) -> list[dict[str, object]]:
+    """The pidfiles matching ``pattern`` whose launcher or server still runs (``farm devices down``
+    counts them before the ``up`` process stops its servers and removes their pidfiles)."""
+    out = []
+    for path in sorted(glob.glob(pattern)):
+        found = _live(*_pids(path))
+        if found:
+            out.append({"pidfile": path, "pids": found})
+    return out
 
 
 def stop(pattern: str, grace: float = 5.0) -> list[dict[str, object]]:
     """Stop every launcher and server named by pidfiles matching ``pattern``."""
     stopped = []
     for path in sorted(glob.glob(pattern)):
-        try:
-            with open(path) as fh:
-                launcher, server = (int(x) for x in fh.read().split()[:2])
-        except (OSError, ValueError):
-            launcher = server = 0
-        found = [p for p in (launcher, server) if p > 0 and _alive(p) and _ours(p)]
+        launcher, server = _pids(path)
+        found = _live(launcher, server)
         if launcher in found:
             os.kill(launcher, signal.SIGTERM)  # it stops its server itself
             deadline = time.monotonic() + grace + 1
-            while time.monotonic() < deadline and _alive(launcher):
+            while time.monotonic() < deadline and alive(launcher):
                 time.sleep(0.05)
-        if server in found or (server > 0 and _alive(server) and _ours(server)):
+        if server in found or (server > 0 and alive(server) and _ours(server)):
             _kill_group(server, grace)
-        if launcher > 0 and _alive(launcher) and _ours(launcher):
+        if launcher > 0 and alive(launcher) and _ours(launcher):
             os.kill(launcher, signal.SIGKILL)
         try:
             os.unlink(path)
@@ -127,6 +150,8 @@ def supervise(pidfile: str, logfile: str, serve_args: list[str], grace: float = 
         _kill_group(child.pid, grace)
         child.wait()
         status = 0
+    elif status < 0:
+        status = 128 - status  # killed by signal N: exit 128+N as a shell does, not (256-N) by accident
     try:
         os.unlink(pidfile)
     except OSError:
@@ -146,10 +171,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pidfile")
     ap.add_argument("--log")
     ap.add_argument("--stop", metavar="GLOB", help="stop what matching pidfiles name, print JSON")
+    ap.add_argument("--list", metavar="GLOB", help="print (JSON) the matching pidfiles whose processes run")
     ap.add_argument("--grace", type=float, default=5.0)
     ns = ap.parse_args(argv)
     if ns.stop:
         print(json.dumps(stop(ns.stop, ns.grace)), flush=True)
+        return 0
+    if ns.list:
+        print(json.dumps(running(ns.list)), flush=True)
         return 0
     if not ns.pidfile or not ns.log:
         ap.error("--pidfile and --log are required to launch")

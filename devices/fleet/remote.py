@@ -61,6 +61,10 @@ class RemoteServer:
     def exited(self) -> bool:
         return bool(self.channel.exit_status_ready() or self.channel.closed)
 
+    def exit_status(self) -> int | None:
+        """The launcher's exit status (the server's), None if the channel closed without one."""
+        return int(self.channel.recv_exit_status()) if self.channel.exit_status_ready() else None
+
 
 class Board:
     """A remote device being provisioned and served; wraps one ``SshConnection``."""
@@ -102,12 +106,15 @@ class Board:
         if version < MIN_PYTHON:
             need = ".".join(map(str, MIN_PYTHON))
             raise ProvisionError(f"{self.conn.where}: remote python is {'.'.join(map(str, version))}, need >= {need}")
-        for mod in ("numpy", "llvmlite"):
-            if not info.get(mod):
-                raise ProvisionError(
-                    f"{self.conn.where}: {mod} is missing on the board ({info.get(mod + '_error', '')}); "
-                    f"install it for {self.python} (pip install {mod})"
-                )
+        missing = [mod for mod in ("numpy", "llvmlite") if not info.get(mod)]
+        if missing:
+            # Name every missing module at once: fixing one only to be told about the next wastes a round trip.
+            what = " and ".join(missing)
+            why = "; ".join(f"{m}: {info.get(m + '_error') or 'not importable'}" for m in missing)
+            raise ProvisionError(
+                f"{self.conn.where}: {what} {'is' if len(missing) == 1 else 'are'} missing on the board "
+                f"({why}); install for {self.python}: pip install {' '.join(missing)}"
+            )
         return RemoteInfo(version, str(info["machine"]), str(info["numpy"]), str(info["llvmlite"]))
 
     def lib_dir(self, wheel: Wheel) -> str:
@@ -121,10 +128,10 @@ class Board:
         remote_whl = f"{self.workdir()}/lib/{wheel.path.name}.{wheel.tag}"
         self.conn.put_bytes(wheel.path.read_bytes(), remote_whl)
         tmp = f"{lib}.tmp"
+        q_tmp, q_lib, q_whl = shlex.quote(tmp), shlex.quote(lib), shlex.quote(remote_whl)
         res = self.conn.run(
-            f"rm -rf {shlex.quote(tmp)} && {self.python} -c {shlex.quote(UNZIP)} {shlex.quote(remote_whl)} {shlex.quote(tmp)}"
-            f" && rm -rf {shlex.quote(lib)} && mv {shlex.quote(tmp)} {shlex.quote(lib)} && touch {shlex.quote(lib)}/.complete"
-            f" && rm -f {shlex.quote(remote_whl)}",
+            f"rm -rf {q_tmp} && {self.python} -c {shlex.quote(UNZIP)} {q_whl} {q_tmp}"
+            f" && rm -rf {q_lib} && mv {q_tmp} {q_lib} && touch {q_lib}/.complete && rm -f {q_whl}",
             timeout=300.0,
         )
         if res.status != 0:
@@ -136,6 +143,12 @@ class Board:
         path = f"{self.workdir()}/token"
         self.conn.put_bytes(token, path, mode=0o600)
         return path
+
+    def remove_token(self) -> None:
+        """Delete the token file: servers read it once at start, and it lets its holder run code."""
+        res = self.conn.run(f"rm -f {shlex.quote(self.workdir() + '/token')}", timeout=30)
+        if res.status != 0:
+            raise ProvisionError(f"{self.conn.where}: cannot remove the token file: {res.stderr.strip()[-300:]}")
 
     # -- serving ------------------------------------------------------------------
     def start_server(
@@ -190,13 +203,25 @@ class Board:
 
     def stop_servers(self, grace: float = 5.0) -> list[dict[str, Any]]:
         """Stop every server this device's pidfiles name (``farm devices down``)."""
+        return self._pidfiles("--stop", "stopping servers", "--grace", str(grace))
+
+    def running_servers(self) -> list[dict[str, Any]]:
+        """The pidfiles of this device whose launcher or server still runs."""
+        return self._pidfiles("--list", "listing servers")
+
+    def _pidfiles(self, action: str, what: str, *extra: str) -> list[dict[str, Any]]:
+        # launch.py runs from its source: the installed wheel may be gone or from another build.
         src = Path(__file__).with_name("launch.py").read_text()
         pattern = f"{self.workdir()}/run/{self.spec.name}*.pid"
-        res = self._py(src, "--stop", pattern, "--grace", str(grace), timeout=120.0)
-        if res.status != 0:
-            raise ProvisionError(f"{self.conn.where}: stopping servers failed: {res.stderr.strip()[-300:]}")
-        stopped: list[dict[str, Any]] = json.loads(res.stdout.strip().splitlines()[-1])
-        return stopped
+        res = self._py(src, action, pattern, *extra, timeout=120.0)
+        lines = res.stdout.strip().splitlines()
+        if res.status != 0 or not lines:
+            raise ProvisionError(f"{self.conn.where}: {what} failed: {res.stderr.strip()[-300:]}")
+        try:
+            entries: list[dict[str, Any]] = json.loads(lines[-1])
+        except ValueError:
+            raise ProvisionError(f"{self.conn.where}: {what}: unexpected output {lines[-1][:200]!r}") from None
+        return entries
 
     def close(self) -> None:
         with translated(self.conn.where):

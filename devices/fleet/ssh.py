@@ -111,6 +111,17 @@ def translated(where: str) -> Iterator[None]:
         raise DeviceUnreachable(f"{where}: {e.strerror or e}") from None
 
 
+def _no_banner(client: Any) -> bool:
+    """True when the server never sent its SSH banner.
+
+    paramiko's negotiation wait and its banner wait time out independently: when the first
+    wins, ``connect`` goes on and fails with "No existing session", and the real reason is
+    only logged by the transport thread. The transport's ``remote_version`` says which it was.
+    """
+    transport = client.get_transport()
+    return transport is not None and not getattr(transport, "remote_version", "")
+
+
 def _strict_policy(where: str, known_hosts: Path) -> Any:
     import paramiko
 
@@ -170,6 +181,15 @@ class SshConnection:
                     allow_agent=ep.use_agent, look_for_keys=ep.key_file is None and ep.use_agent,
                     timeout=ep.timeout, banner_timeout=ep.timeout, auth_timeout=ep.timeout,
                 )  # fmt: skip
+            except paramiko.SSHException as e:
+                silent = _no_banner(client)
+                client.close()
+                if silent and not isinstance(e, paramiko.BadHostKeyException):
+                    raise DeviceUnreachable(
+                        f"{self.where}: no SSH banner in {ep.timeout:.0f} s: the port accepts connections "
+                        "but does not speak SSH (wrong port, or sshd is stuck)"
+                    ) from None
+                raise
             except BaseException:
                 client.close()
                 raise

@@ -1,28 +1,46 @@
-"""Bring a fleet up and down: local servers as processes, boards over SSH, concurrently.
+"""Bring a fleet up and keep it up: local servers as processes, boards over SSH, concurrently.
 
 ``Fleet.up()`` returns a ``FleetResult``: one ``DeviceOutcome`` per device,
 ``.failed`` for the ones that did not come up. One board's failure never stops
-another's bring-up, and no exception escapes for a single device. While
+another's bring-up, and no exception escapes for a single device; each outcome
+is also handed to ``on_event`` as soon as that device is done. While
 ``Fleet.watch()`` runs, a server that drops (crash, board reboot, lost SSH) is
-restarted with exponential backoff. State lives in ``state_dir`` (pidfiles of
-local servers, ``status.json`` for ``farm devices status``, ``up.pid``).
+restarted with exponential backoff, and every restart says why (``restarting``)
+and how it ended (``back``, or ``failed`` with the next try). State lives in
+``state_dir`` (pidfiles of local servers, ``status.json`` for ``farm devices
+status``, ``up.pid``); ``devices.fleet.down`` stops a fleet from another process.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from devices.fleet import launch
+from devices.fleet.outcome import (
+    BACK,
+    FAILED,
+    RESTARTING,
+    UP,
+    DeviceOutcome,
+    EventSink,
+    FleetError,
+    FleetEvent,
+    FleetResult,
+    fingerprint_summary,
+    first_line,
+    fleet_state_dir,
+    no_events,
+)
 from devices.fleet.ssh import DeviceUnreachable, ProvisionError
 from devices.fleet.wheel import Wheel, build_wheel
 from devices.registry import DeviceSpec, FleetSpec
@@ -31,48 +49,7 @@ from rpc.transport import parse_address
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class DeviceOutcome:
-    """How one device fared: ``ok`` with fingerprints, or the reason it failed."""
-
-    name: str
-    ok: bool
-    message: str
-    error_type: str = ""
-    servers: tuple[str, ...] = ()
-    fingerprint: dict[str, Any] = field(default_factory=dict)
-
-
-class FleetResult(Mapping[str, DeviceOutcome]):
-    """Per-device outcomes in file order; ``.failed`` holds the ones that went wrong."""
-
-    def __init__(self, outcomes: list[DeviceOutcome]) -> None:
-        self._by_name = {o.name: o for o in outcomes}
-
-    def __getitem__(self, name: str) -> DeviceOutcome:
-        return self._by_name[name]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._by_name)
-
-    def __len__(self) -> int:
-        return len(self._by_name)
-
-    @property
-    def failed(self) -> dict[str, DeviceOutcome]:
-        return {n: o for n, o in self._by_name.items() if not o.ok}
-
-    @property
-    def ok(self) -> bool:
-        return not self.failed
-
-
-def fleet_state_dir(state_root: Path, spec: FleetSpec) -> Path:
-    import hashlib
-
-    tag = hashlib.sha256(str(Path(spec.path).resolve()).encode()).hexdigest()[:10]
-    return state_root / f"{Path(spec.path).stem}-{tag}"
+__all__ = ["DeviceOutcome", "Fleet", "FleetError", "FleetEvent", "FleetResult", "fleet_state_dir"]
 
 
 class _LocalServer:
@@ -83,6 +60,9 @@ class _LocalServer:
 
     def exited(self) -> bool:
         return self.proc.poll() is not None
+
+    def exit_status(self) -> int | None:
+        return self.proc.poll()
 
     def stop(self) -> None:
         if self.proc.poll() is None and self.proc.stdin is not None:
@@ -110,12 +90,24 @@ class _Running:
     outcome: DeviceOutcome | None = None
 
 
+def status_text(status: int | None) -> str:
+    """``status 1``, or ``status 137 (killed by SIGKILL)``: launchers exit 128+N for signal N."""
+    if status is None:
+        return "no exit status"
+    sig = -status if status < 0 else status - 128 if status > 128 else 0
+    try:
+        return f"status {status} (killed by {signal.Signals(sig).name})" if sig else f"status {status}"
+    except ValueError:
+        return f"status {status}"
+
+
 class Fleet:
     """The devices of one ``FleetSpec``, served to one tracker."""
 
     def __init__(
         self, spec: FleetSpec, tracker: str, token: bytes, state_dir: Path, *,
         register_timeout: float = 180.0, backoff_cap: float = 60.0, wheel_dir: Path | None = None,
+        on_event: EventSink = no_events,
     ) -> None:  # fmt: skip
         self.spec = spec
         self.tracker = tracker
@@ -125,21 +117,43 @@ class Fleet:
         self.register_timeout = register_timeout
         self.backoff_cap = backoff_cap
         self.wheel_dir = wheel_dir or self.state_dir / "wheel"
+        self.on_event = on_event
         self._wheel: Wheel | None = None
         self._running: dict[str, _Running] = {d.name: _Running(d) for d in spec.devices}
-        self._lock = threading.Lock()
+        self._closing = threading.Event()
 
     # -- bring-up ---------------------------------------------------------------
+    def check_tracker(self, timeout: float = 10.0) -> None:
+        """Connect and authenticate once before anything starts: a wrong address or token is
+        one error for the fleet, not the same failure per device after a registration timeout."""
+        from rpc.client import Client
+        from rpc.errors import AuthError, RpcError
+
+        try:
+            with Client(self.tracker, self.token, timeout=timeout):
+                pass
+        except AuthError as e:
+            raise FleetError(f"tracker {self.tracker}: {e} (is the token the tracker's?)") from None
+        except (RpcError, OSError) as e:
+            text = str(e) or type(e).__name__
+            raise FleetError(text if self.tracker in text else f"tracker {self.tracker}: {text}") from None
+
     def up(self) -> FleetResult:
+        self.check_tracker()
         self.state_dir.mkdir(parents=True, exist_ok=True)
         (self.state_dir / "token").write_bytes(self.token)
         os.chmod(self.state_dir / "token", 0o600)
         if any(d.remote for d in self.spec.devices):
             self._wheel = build_wheel(self.wheel_dir)
+        outcomes: dict[str, DeviceOutcome] = {}
         with ThreadPoolExecutor(max_workers=min(32, len(self.spec.devices))) as pool:
-            outcomes = list(pool.map(self._bring_up, self.spec.devices))
+            futures = [pool.submit(self._bring_up, d) for d in self.spec.devices]
+            for fut in as_completed(futures):  # each device's line as soon as it is done
+                o = fut.result()
+                outcomes[o.name] = o
+                self._emit(FleetEvent(o.name, UP if o.ok else FAILED, o.message, o.error_type))
         self._write_status()
-        return FleetResult(outcomes)
+        return FleetResult([outcomes[d.name] for d in self.spec.devices])
 
     def _bring_up(self, dev: DeviceSpec) -> DeviceOutcome:
         run = self._running[dev.name]
@@ -150,8 +164,7 @@ class Fleet:
                 self._up_local(run)
             fps = self._await_registration(run)
             first = fps[dev.server_names()[0]]
-            outcome = DeviceOutcome(dev.name, True, _summary(first), servers=tuple(fps), fingerprint=first)
-            run.failures = 0
+            outcome = DeviceOutcome(dev.name, True, fingerprint_summary(first), servers=tuple(fps), fingerprint=first)
         except (DeviceUnreachable, ProvisionError, FarmError, OSError) as e:
             outcome = DeviceOutcome(dev.name, False, str(e), type(e).__name__)
             self._teardown(run)
@@ -211,6 +224,8 @@ class Fleet:
                     raise ProvisionError(f"tracker {self.tracker}: {e}") from None
                 if want <= set(seen):
                     return {n: seen[n] for n in sorted(want)}
+                if self._closing.is_set():
+                    raise ProvisionError("stopped before its servers registered")
                 if time.monotonic() > deadline:
                     missing = ", ".join(sorted(want - set(seen)))
                     raise ProvisionError(
@@ -220,25 +235,76 @@ class Fleet:
 
     # -- supervision ------------------------------------------------------------
     def watch(self, stop: threading.Event, poll: float = 1.0) -> None:
-        """Until ``stop`` is set: restart devices whose servers dropped, with backoff."""
-        while not stop.wait(poll):
-            for run in self._running.values():
-                dropped = run.outcome is None or not run.outcome.ok or any(s.exited() for s in run.servers)
-                if run.board is not None and not run.board.conn.is_active():
-                    dropped = True
-                if not dropped or time.monotonic() < run.next_try:
-                    continue
-                self._teardown(run)
-                run.failures += 1
+        """Until ``stop`` is set: restart devices whose servers dropped, with backoff, several at once."""
+        pending: dict[Future[DeviceOutcome], _Running] = {}
+        with ThreadPoolExecutor(max_workers=min(32, len(self._running))) as pool:
+            try:
+                while not stop.wait(poll):
+                    self._finish_restarts(pending, wait=False)
+                    busy = set(map(id, pending.values()))
+                    for run in self._running.values():
+                        if id(run) in busy or time.monotonic() < run.next_try:
+                            continue
+                        reason = self._drop_reason(run)
+                        if reason is None:
+                            continue
+                        run.failures += 1
+                        log.warning("%s: restarting (attempt %d): %s", run.spec.name, run.failures, reason)
+                        self._emit(FleetEvent(run.spec.name, RESTARTING, reason, attempt=run.failures))
+                        pending[pool.submit(self._restart, run)] = run
+            finally:
+                self._closing.set()  # restarts in flight stop waiting for their registration
+                self._finish_restarts(pending, wait=True)
+
+    def _drop_reason(self, run: _Running) -> str | None:
+        """Why ``run`` needs a restart, in words; None while it serves."""
+        if run.outcome is None:
+            return None  # closed, or never brought up
+        if not run.outcome.ok:
+            return f"the last attempt failed: {first_line(run.outcome.message)}"
+        if run.board is not None and not run.board.conn.is_active():
+            return f"SSH connection to {run.board.conn.where} lost"
+        for srv in run.servers:
+            if srv.exited():
+                status = srv.exit_status()
+                why = f"device server {srv.name} exited with {status_text(status)}"
+                if status is not None and 0 < status <= 128:  # it failed on its own: its last words say why
+                    last = first_line("\n".join(self._server_log(run, srv).splitlines()[-1:]))
+                    why += f"; its log ends: {last}" if last else ""
+                return why
+        return None
+
+    @staticmethod
+    def _server_log(run: _Running, srv: Any) -> str:
+        if run.board is None:
+            return str(srv.tail())
+        return str(run.board.log_tail(srv, lines=1)) if run.board.conn.is_active() else ""
+
+    def _restart(self, run: _Running) -> DeviceOutcome:
+        self._teardown(run)
+        return self._bring_up(run.spec)
+
+    def _finish_restarts(self, pending: dict[Future[DeviceOutcome], _Running], wait: bool) -> None:
+        done = list(pending) if wait else [f for f in pending if f.done()]
+        for fut in done:
+            run = pending.pop(fut)
+            o = fut.result()
+            if o.ok:
+                self._emit(FleetEvent(o.name, BACK, o.message, attempt=run.failures))
+                run.failures = 0
+            else:
                 delay = min(self.backoff_cap, 2.0 ** min(run.failures, 10))
-                log.warning("%s dropped; restarting (attempt %d)", run.spec.name, run.failures)
-                outcome = self._bring_up(run.spec)
-                if not outcome.ok:
-                    run.next_try = time.monotonic() + delay
-                self._write_status()
+                run.next_try = time.monotonic() + delay
+                self._emit(FleetEvent(o.name, FAILED, o.message, o.error_type, attempt=run.failures,
+                                      retry_in=0.0 if self._closing.is_set() else delay))
+        if done:
+            self._write_status()
+
+    def _emit(self, event: FleetEvent) -> None:
+        self.on_event(event)
 
     # -- teardown ---------------------------------------------------------------
-    def _teardown(self, run: _Running) -> None:
+    def _teardown(self, run: _Running, final: bool = False) -> None:
         for srv in run.servers:
             if isinstance(srv, _LocalServer):
                 srv.stop()
@@ -246,6 +312,8 @@ class Fleet:
             try:
                 if run.board.conn.is_active():
                     run.board.stop_servers()
+                    if final:  # the token lets its holder run code on every device: leave none behind
+                        run.board.remove_token()
             except (DeviceUnreachable, ProvisionError) as e:
                 log.warning("%s: stopping servers: %s", run.spec.name, e)
             run.board.conn.close()  # closing the channels also ends any launcher left
@@ -253,11 +321,15 @@ class Fleet:
         run.servers = []
 
     def close(self) -> None:
+        """Stop every server, remove the token from each board and from here, write the final status."""
+        self._closing.set()
         with ThreadPoolExecutor(max_workers=min(32, len(self._running))) as pool:
-            list(pool.map(self._teardown, self._running.values()))
+            list(pool.map(lambda r: self._teardown(r, final=True), self._running.values()))
         for run in self._running.values():
             run.outcome = None
-        self._write_status(final=True)
+        (self.state_dir / "token").unlink(missing_ok=True)
+        if self.state_dir.is_dir():
+            self._write_status(final=True)
 
     def _write_status(self, final: bool = False) -> None:
         data = {
@@ -269,95 +341,3 @@ class Fleet:
         tmp = self.state_dir / "status.json.tmp"
         tmp.write_text(json.dumps(data, indent=1, default=str))
         tmp.replace(self.state_dir / "status.json")
-
-
-def _summary(fp: dict[str, Any]) -> str:
-    cpu = fp.get("cpu") if isinstance(fp.get("cpu"), dict) else {}
-    parts = [
-        str(fp.get("triple") or fp.get("isa") or cpu.get("triple") or ""),
-        str(cpu.get("name") or fp.get("cpu_name") or ""),
-    ]
-    cores = fp.get("cores") or cpu.get("cores")
-    if cores:
-        parts.append(f"{cores} cores")
-    return " ".join(p for p in parts if p) or "registered"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def stop_up_process(state: Path, timeout: float = 60.0) -> int | None:
-    """SIGTERM a running ``farm devices up`` for this fleet and wait; return its pid if one ran."""
-    import signal
-
-    try:
-        pid = int((state / "up.pid").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-    try:
-        cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return None
-    if b"devices" not in cmd or not _pid_alive(pid):  # a stale file whose pid was reused
-        return None
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
-        time.sleep(0.1)
-    return pid
-
-
-def down(spec: FleetSpec, state_root: Path, grace: float = 5.0) -> FleetResult:
-    """Stop this fleet everywhere: the ``up`` process, local servers, then each board."""
-    state = fleet_state_dir(state_root, spec)
-    stop_up_process(state)
-    local = launch.stop(str(state / "run" / "*.pid"), grace) if (state / "run").is_dir() else []
-
-    def one(dev: DeviceSpec) -> DeviceOutcome:
-        if not dev.remote:
-            names = set(dev.server_names())
-            n = sum(1 for s in local if Path(str(s["pidfile"])).stem in names and s["pids"])
-            return DeviceOutcome(dev.name, True, f"stopped {n} server(s)")
-        from devices.fleet.remote import Board
-
-        board = None
-        try:
-            board = Board(dev)
-            stopped = board.stop_servers(grace)
-            n = sum(1 for s in stopped if s["pids"])
-            return DeviceOutcome(dev.name, True, f"stopped {n} server(s)")
-        except (DeviceUnreachable, ProvisionError) as e:
-            return DeviceOutcome(dev.name, False, str(e), type(e).__name__)
-        finally:
-            if board is not None:
-                board.conn.close()
-
-    with ThreadPoolExecutor(max_workers=min(32, len(spec.devices))) as pool:
-        result = FleetResult(list(pool.map(one, spec.devices)))
-    status = state / "status.json"
-    if status.is_file():
-        data = json.loads(status.read_text())
-        data.update(running=False, updated=time.time())
-        status.write_text(json.dumps(data, indent=1))
-    return result
-
-
-def statuses(state_root: Path) -> list[dict[str, Any]]:
-    """What every fleet under ``state_root`` last reported, with whether its ``up`` still runs."""
-    out = []
-    for path in sorted(state_root.glob("*/status.json")):
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        pid = int(data.get("pid", 0) or 0)
-        data["running"] = bool(data.get("running")) and pid > 0 and _pid_alive(pid)
-        out.append(data)
-    return out

@@ -8,12 +8,12 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import sys
 import threading
 from pathlib import Path
 from typing import Any
 
-from devices.registry import DeviceConfigError, DeviceSpec, FleetSpec, load_fleet
+from devices.registry import DeviceSpec, FleetSpec, load_fleet
+from farm.cli.args import tracker_address
 
 
 def _where(dev: DeviceSpec) -> str:
@@ -35,11 +35,7 @@ def fleet_table(fleet: FleetSpec) -> str:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    try:
-        fleet = load_fleet(args.file)
-    except DeviceConfigError as e:
-        print(e, file=sys.stderr)
-        return 1
+    fleet = load_fleet(args.file)  # a DeviceConfigError names file:line; the CLI boundary prints it
     print(fleet_table(fleet))
     keys = sorted({d.key for d in fleet.devices})
     print(f"\n{len(fleet.devices)} devices, {len(keys)} keys ({', '.join(keys)}): OK")
@@ -52,28 +48,64 @@ def _state_root(args: argparse.Namespace) -> Path:
     return Path(os.path.expanduser(raw))
 
 
+def _line(name: str, verb: str, text: str) -> str:
+    """One device's line: ``NAME  VERB  text``, a long message's further lines indented below."""
+    first, *rest = text.splitlines() or [""]
+    return "\n".join([f"{name:20} {verb:8} {first}".rstrip(), *(f"{'':30}{line}" for line in rest)])
+
+
+def _outcome_line(name: str, ok: bool, verb: str, message: str, error_type: str) -> str:
+    return _line(name, verb if ok else "FAILED", message if ok else f"{error_type}: {message}")
+
+
 def _print_outcomes(result: Any, verb: str) -> None:
     for name, o in result.items():
-        if o.ok:
-            print(f"{name:20} {verb:7} {o.message}")
+        print(_outcome_line(name, o.ok, verb, o.message, o.error_type), flush=True)
+
+
+class _EventPrinter:
+    """Prints each fleet event the moment it happens (bring-up threads finish in any order)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def __call__(self, ev: Any) -> None:
+        from devices.fleet.outcome import BACK, FAILED, RESTARTING
+
+        if ev.kind == RESTARTING:
+            text = _line(ev.name, "restart", f"attempt {ev.attempt}: {ev.message}")
+        elif ev.kind == BACK:
+            text = _line(ev.name, "back", f"{ev.message} (after {ev.attempt} attempt(s))")
+        elif ev.kind == FAILED and ev.attempt:
+            again = f"; next try in {ev.retry_in:.0f} s" if ev.retry_in else ""
+            text = _line(ev.name, "FAILED", f"attempt {ev.attempt}{again}: {ev.error_type}: {ev.message}")
         else:
-            first, *rest = o.message.splitlines() or [""]
-            print(f"{name:20} FAILED  {o.error_type}: {first}")
-            for line in rest:
-                print(f"{'':29}{line}")
+            text = _outcome_line(ev.name, ev.kind != FAILED, ev.kind, ev.message, ev.error_type)
+        with self._lock:
+            print(text, flush=True)
+
+
+def _summary(result: Any, once: bool, interrupted: bool, file: str) -> str:
+    n_ok, n = len(result) - len(result.failed), len(result)
+    head = f"{n_ok}/{n} devices up"
+    if once:
+        return f"{head}; --once: stopping {'them' if n_ok else 'and exiting'}"
+    if interrupted:
+        return f"{head}; interrupted: stopping"
+    retry = "retrying the failed ones" if result.failed else ""
+    if not n_ok:
+        return f"{head}; {retry} until interrupted (farm devices down {file})"
+    return f"{head}; serving{' and ' + retry if retry else ''} until interrupted (farm devices down {file})"
 
 
 def cmd_up(args: argparse.Namespace) -> int:
     from devices.fleet.supervisor import Fleet, fleet_state_dir
     from rpc.auth import load_token
 
-    try:
-        fleet_spec = load_fleet(args.file)
-    except DeviceConfigError as e:
-        print(e, file=sys.stderr)
-        return 1
+    fleet_spec = load_fleet(args.file)
     token = load_token(args.token_file)
-    fleet = Fleet(fleet_spec, args.tracker, token, _state_root(args), register_timeout=args.register_timeout)
+    fleet = Fleet(fleet_spec, args.tracker, token, _state_root(args), register_timeout=args.register_timeout,
+                  on_event=_EventPrinter())
     state = fleet_state_dir(_state_root(args), fleet_spec)
     state.mkdir(parents=True, exist_ok=True)
     (state / "up.pid").write_text(f"{os.getpid()}\n")
@@ -82,9 +114,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     try:
         result = fleet.up()
-        _print_outcomes(result, "up")
-        n_ok = len(result) - len(result.failed)
-        print(f"{n_ok}/{len(result)} devices up; serving until interrupted (farm devices down {args.file})", flush=True)
+        print(_summary(result, args.once, stop.is_set(), args.file), flush=True)
         if not args.once:
             fleet.watch(stop)
     finally:
@@ -94,20 +124,15 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_down(args: argparse.Namespace) -> int:
-    from devices.fleet.supervisor import down
+    from devices.fleet.down import down
 
-    try:
-        fleet_spec = load_fleet(args.file)
-    except DeviceConfigError as e:
-        print(e, file=sys.stderr)
-        return 1
-    result = down(fleet_spec, _state_root(args), grace=args.grace)
+    result = down(load_fleet(args.file), _state_root(args), grace=args.grace)
     _print_outcomes(result, "down")
     return 0 if result.ok else 1
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from devices.fleet.supervisor import statuses
+    from devices.fleet.down import statuses
 
     found = statuses(_state_root(args))
     if not found:
@@ -132,19 +157,20 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("devices", help="register and manage the device fleet (devices.yaml)")
-    sub = p.add_subparsers(dest="devices_command", metavar="ACTION")
-    p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
+    sub = p.add_subparsers(dest="devices_command", metavar="ACTION", required=True)
     c = sub.add_parser("check", help="validate a devices file and print its devices")
     c.add_argument("file", help="devices.yaml")
     c.set_defaults(func=cmd_check)
 
     u = sub.add_parser("up", help="start device servers on every device; stays up and restarts dropped ones")
     u.add_argument("file", help="devices.yaml")
-    u.add_argument("--tracker", required=True, metavar="HOST:PORT", help="tracker address, as seen from here")
+    u.add_argument("--tracker", required=True, metavar="HOST:PORT", type=tracker_address,
+                   help="tracker address, as seen from here")
     u.add_argument("--token-file", help="file holding the shared token (default: $FARM_TOKEN)")
     u.add_argument("--register-timeout", type=float, default=180.0, help="seconds a device has to register")
     u.add_argument("--once", action="store_true", help="bring up, report, then stop everything and exit")
-    d = sub.add_parser("down", help="stop every device server of a devices file, here and on the boards")
+    d = sub.add_parser("down", help="stop every device server of a devices file, here and on the boards, "
+                       "and remove the token from the boards")
     d.add_argument("file", help="devices.yaml")
     d.add_argument("--grace", type=float, default=5.0, help="seconds between SIGTERM and SIGKILL")
     s = sub.add_parser("status", help="show the fleets brought up from this machine")

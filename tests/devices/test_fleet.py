@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from devices.fleet.supervisor import Fleet, FleetResult, down, statuses
+from devices.fleet.down import down, statuses
+from devices.fleet.supervisor import Fleet, FleetResult
 from devices.fleet.tunnel import ReverseForward
 from devices.registry import FleetSpec, parse_fleet
 from tests.support import procs
@@ -137,7 +138,8 @@ def test_failures_are_per_host(tmp_path: Path, tracker: TrackerProcess, sshd_end
         assert failed["hostkey"].error_type == "HostKeyMismatch" and "host key mismatch" in failed["hostkey"].message
         assert failed["refused"].error_type == "DeviceUnreachable" and "refused" in failed["refused"].message.lower()
         assert failed["nopython"].error_type == "ProvisionError" and "not found" in failed["nopython"].message
-        assert failed["nonumpy"].error_type == "ProvisionError" and "numpy is missing" in failed["nonumpy"].message
+        nonumpy = failed["nonumpy"].message
+        assert failed["nonumpy"].error_type == "ProvisionError" and "numpy and llvmlite are missing" in nonumpy
         assert failed["crash"].error_type == "ProvisionError" and "boom: no device here" in failed["crash"].message
         for o in failed.values():
             assert o.message.splitlines()[0].startswith(o.name) or o.name in o.message
