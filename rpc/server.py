@@ -123,7 +123,12 @@ class DeviceServer:
                 handler = self._ops.get(msg.op)
                 if handler is None:
                     raise ProtocolError(f"unknown op from tracker {msg.op!r:.40}")
-                handler(conn, msg, tasks)
+                try:  # every field checked against the table before a handler sees any of it
+                    checked = codec.Message(fields.validate(fields.TRACKER_TO_DEVICE, msg.op, msg.header), msg.blobs)
+                except BadRequest as e:
+                    self._refuse(conn, msg, e, tasks)
+                    continue
+                handler(conn, checked, tasks)
         finally:
             # Results of running jobs could not be delivered: the tracker
             # requeues them, so stop them (their children are killed).
@@ -156,19 +161,24 @@ class DeviceServer:
         except ConnectionLost:
             conn.abort()
 
+    def _refuse(self, conn: Connection, msg: codec.Message, err: BadRequest, tasks: set[asyncio.Task[None]]) -> None:
+        """A message with a field we cannot use: answer BadRequest (a job: before anything runs,
+        so the job child is not touched). An unusable 'error' is only logged: answering an error
+        with an error could go back and forth."""
+        if msg.op == "error":
+            self._refusals.warning(conn.peer, "tracker %s sent an unusable error: %s", conn.peer, err)
+            return
+        job_id = msg.header.get("job_id") if msg.op == "job" else None
+        task = asyncio.create_task(_answer(conn, err, job_id if isinstance(job_id, str) else None))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
     def _on_error(self, conn: Connection, msg: codec.Message, tasks: set[asyncio.Task[None]]) -> None:
-        err = msg.header.get("error")
         self._refusals.warning(conn.peer, "tracker %s refused a message: %s", conn.peer,
-                               str(err.get("message") if isinstance(err, dict) else err)[:300])
+                               msg.header["error"]["message"][:300])
 
     def _on_job(self, conn: Connection, msg: codec.Message, tasks: set[asyncio.Task[None]]) -> None:
-        try:
-            h = fields.validate(fields.TRACKER_TO_DEVICE, msg.op, msg.header)
-        except BadRequest as e:  # refused before anything runs: the job child is not touched
-            job_id = msg.header.get("job_id")
-            task = asyncio.create_task(_answer(conn, e, job_id if isinstance(job_id, str) else None))
-        else:
-            task = asyncio.create_task(self._run_job(conn, h, msg.blobs))
+        task = asyncio.create_task(self._run_job(conn, msg.header, msg.blobs))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 

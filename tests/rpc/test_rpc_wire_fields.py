@@ -48,6 +48,17 @@ def test_every_op_has_a_valid_baseline() -> None:
         assert any(True for _ in ff.hostile_cases(table)), table
 
 
+def test_every_handler_has_a_rule(tmp_path: Path) -> None:
+    """A new op needs its row in rpc.fields: without one, the receiving side refuses it as unknown."""
+    tracker = Tracker(TOKEN, log_path=str(tmp_path / "shared.jsonl"))
+    try:
+        assert set(tracker._client_ops) <= set(fields.CLIENT_OPS)
+        assert {"register", *tracker._device_ops} <= set(fields.DEVICE_OPS)
+    finally:
+        tracker.log_service.close()
+    assert set(DeviceServer("127.0.0.1:1", "k", TOKEN)._ops) <= set(fields.TRACKER_TO_DEVICE)
+
+
 def test_the_table_matches_the_records_it_checks() -> None:
     def names(rule: fields.Obj) -> set[str]:
         assert rule.fields is not None
