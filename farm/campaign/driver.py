@@ -25,7 +25,7 @@ from farm.campaign.link import FarmLink
 from farm.campaign.proposer import BackgroundTuner
 from farm.campaign.sinks import FileSink, RecordSink
 from farm.campaign.tasks import Building, Built, CampaignResult, InFlight, Retry, Task, TaskSummary
-from farm.errors import FarmError
+from farm.errors import FarmError, UserKernelError
 from farm.records.artifact import Artifact
 from farm.records.measure import MeasureResult, Outcome
 from rpc.errors import ConnectionLost, DeadlineExceeded, DeviceLost, JobCancelled, RpcError
@@ -82,9 +82,6 @@ class CampaignRunner:
     # --- setup -------------------------------------------------------------------
     def _make_tasks(self, records: list[Any]) -> None:
         from farm.client.session import target_of
-        from farm.tuning.model import TuneContext
-        from farm.tuning.search import make_tuner
-        from farm.workloads.registry import get_workload
 
         for key in self.spec.device_keys:
             devs = self.link.session.client.describe(key)
@@ -93,31 +90,53 @@ class CampaignRunner:
             fp = dict(devs[0].get("fingerprint") or {})
             target = self.spec.target or target_of(fp)
             for n, w in enumerate(self.spec.workloads):
-                wl = get_workload(w.name)
-                space = wl.space(w.shape, target)
-                ctx = TuneContext(w.name, tuple(w.shape), target, key, fp)
-                tuner = make_tuner(self.spec.tuner, space, seed=self.spec.seed + 7919 * n,
-                                   context=ctx, early_stopping=self.spec.early_stopping)
-                mine = [r for r in records if r.workload == w.name and tuple(r.args) == tuple(w.shape)
-                        and r.device_key == key]
-                hist = records if self.spec.transfer else mine
-                own = tuner.load_history(hist) if hist else 0
-                task = Task(w, key, target, fp, space, tuner, self.spec.trials, wl.flops(w.shape), done_trials=own)
-                self.resumed += own
-                for r in mine:
-                    self._note(task, space.locate(r.config_index, r.knobs), r.gflops if r.ok else 0.0, r.ok)
-                if 0 not in tuner.visited:
-                    tuner.visited.add(0)  # the template default is measured first: it is the speedup baseline
-                    task.pending.append(0)
+                try:
+                    task = self._make_task(n, w, key, target, fp, records)
+                except UserKernelError as e:
+                    # The user's kernel failed before any config ran: say so, tune the other tasks.
+                    log.error("%s", e)
+                    task = Task(w, key, target, fp, None, None, self.spec.trials, 0.0, finished=True,
+                                workload=w.workload, error=str(e))
                 self.tasks.append(task)
 
-    def _note(self, task: Task, index: int, gflops: float, ok: bool) -> None:
+    def _make_task(self, n: int, w: Any, key: str, target: str, fp: dict[str, Any], records: list[Any]) -> Task:
+        from farm.tuning.model import TuneContext
+        from farm.tuning.search import make_tuner
+
+        wl = w.resolve()
+        space = wl.space(w.shape, target)
+        wl_hash = wl.compute_hash(w.shape, target)
+        ctx = TuneContext(w.name, tuple(w.shape), target, key, fp)
+        tuner = make_tuner(self.spec.tuner, space, seed=self.spec.seed + 7919 * n,
+                           context=ctx, early_stopping=self.spec.early_stopping)
+        mine = [r for r in records if r.workload == w.name and tuple(r.args) == tuple(w.shape)
+                and r.device_key == key and r.workload_hash == wl_hash]
+        # Transfer learns from other shapes and devices of the same kernel, never from another
+        # kernel that happens to share its name.
+        hist = [r for r in records if r.workload_hash == wl_hash] if self.spec.transfer else mine
+        own = tuner.load_history(hist) if hist else 0
+        task = Task(w, key, target, fp, space, tuner, self.spec.trials, wl.flops(w.shape), done_trials=own,
+                    workload=wl, wl_hash=wl_hash)
+        self.resumed += own
+        for r in mine:
+            self._note(task, space.locate(r.config_index, r.knobs), r.gflops if r.ok else 0.0, r.ok,
+                       r.median_s if r.ok else None, bool(r.checked))
+        if 0 not in tuner.visited:
+            tuner.visited.add(0)  # the template default is measured first: it is the speedup baseline
+            task.pending.append(0)
+        return task
+
+    def _note(self, task: Task, index: int, gflops: float, ok: bool, median_s: float | None = None,
+              checked: bool = False) -> None:
         if index == 0 and ok:
-            task.default_gflops = gflops
+            task.default_gflops, task.default_s = gflops, median_s
         if not ok:
             task.errors += 1
-        if gflops > task.best_gflops:
-            task.best_gflops, task.best_index = gflops, index
+        elif checked:
+            task.checked += 1
+        # By time: a kernel without arithmetic (0 GFLOPS) has a best config too.
+        if ok and median_s is not None and (task.best_s is None or median_s < task.best_s):
+            task.best_s, task.best_gflops, task.best_index = median_s, gflops, index
         task.history.append((len(task.history) + 1, task.best_gflops))
 
     # --- the loop ------------------------------------------------------------------
@@ -129,7 +148,8 @@ class CampaignRunner:
         # Proposals (model refit + search) run on one worker thread so the loop keeps devices fed.
         pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kf-propose")
         for t in self.tasks:
-            t.tuner = BackgroundTuner(t.tuner, pool)
+            if t.tuner is not None:
+                t.tuner = BackgroundTuner(t.tuner, pool)
         build = remote_build()
         last_flush = last_progress = time.monotonic()
         pending_records: list[Any] = []
@@ -186,7 +206,7 @@ class CampaignRunner:
 
     def _release_held(self, out: list[Any]) -> bool:
         """Exclusive timing: once no build (nor model refit) runs, send the built batch to the devices."""
-        if not self.exclusive or any(t.builds or t.tuner.computing for t in self.tasks):
+        if not self.exclusive or any(t.builds or (t.tuner is not None and t.tuner.computing) for t in self.tasks):
             return False
         sent = False
         for t in self.tasks:
@@ -199,11 +219,13 @@ class CampaignRunner:
     def _task_done(self, t: Task) -> bool:
         if t.in_flight:
             return False
-        if t.done_trials >= t.budget or t.tuner.done:
+        if t.error or t.done_trials >= t.budget or t.tuner.done:
             t.finished = True
         return t.finished
 
     def _fill(self, t: Task, build: Any) -> None:
+        if t.error:  # what is in flight still lands in the log; nothing new starts
+            return
         # Pipeline depth: a batch, plus one per device now free, so a grown fleet is kept fed.
         depth = self.spec.batch_size + self.free.get(t.key, 0)
         room = min(depth - t.in_flight, t.budget - t.done_trials - t.in_flight)
@@ -212,7 +234,7 @@ class CampaignRunner:
         if room > 0 and room >= chunk and not t.tuner.done:
             t.pending.extend(t.tuner.propose(room))
         for idx in t.pending:
-            ref = build.remote(t.wl.name, list(t.wl.shape), idx, t.target)
+            ref = build.remote(t.workload.ref(), list(t.wl.shape), idx, t.target)
             t.builds[ref] = Building(idx, time.monotonic())
         t.pending.clear()
 
@@ -266,11 +288,31 @@ class CampaignRunner:
             self._record(t, idx, MeasureResult.error(Outcome.COMPILE_ERROR, f"bad artifact: {type(e).__name__}: {e}",
                                                      flops=t.flops), float(res["build_s"]), out)
             return
-        built = Built(art, float(res["build_s"]))
+        if not self._with_reference(t, art):
+            return
+        built = Built(art.with_reference(t.reference), float(res["build_s"]))
         if self.exclusive:
             t.held[idx] = built
             return
         self._submit(t, idx, built, 0, out)
+
+    def _with_reference(self, t: Task, art: Artifact) -> bool:
+        """Build the task's reference once, from its first artifact; False if the task cannot be checked."""
+        from farm.client.reference import workload_reference
+
+        t.nbytes = t.nbytes or sum(a.nbytes for a in art.args)
+        if t.error:
+            return False
+        if t.reference is not None or t.workload.builtin or not self.spec.timing.check:
+            return True
+        try:
+            t.reference = workload_reference(t.workload, t.wl.shape, art, t.target, self.spec.timing)
+        except FarmError as e:
+            log.error("%s: %s", t.name, e)
+            t.error, t.finished = str(e), True
+            t.pending.clear()
+            return False
+        return True
 
     def _submit(self, t: Task, idx: int, built: Built, tries: int, out: list[Any]) -> None:
         if self.link.broken:
@@ -279,7 +321,7 @@ class CampaignRunner:
         gen = self.link.gen
         try:
             job = self.link.session.submit(built.artifact, key=t.key, options=self.spec.timing,
-                                           priority=self.spec.priority)
+                                           priority=self.spec.priority, reference=t.reference)
         except ConnectionLost as e:  # the tracker went away: submit again once it is back
             self.link.lost(gen, e)
             t.resubmit[idx] = Retry(built, tries)
@@ -338,12 +380,14 @@ class CampaignRunner:
         out.append(LogRecord.from_measurement(
             workload=t.wl.name, args=t.wl.shape, target=t.target, config=cfg, result=result,
             options=self.spec.timing, device_key=t.key, fingerprint=t.fingerprint, build_s=build_s,
-            campaign=self.spec.name, task=t.name))
+            campaign=self.spec.name, task=t.name, workload_hash=t.wl_hash, nbytes=t.nbytes))
         g = result.gflops if result.ok else 0.0
-        t.tuner.observe([(idx, g)])
+        # The tuner maximizes a score: GFLOPS, or for a kernel without arithmetic, calls per second.
+        score = g if t.flops > 0 or not result.ok else 1e-9 / max(result.median_s, 1e-12)
+        t.tuner.observe([(idx, score)])
         t.done_trials += 1
         self.measured += 1
-        self._note(t, idx, g, result.ok)
+        self._note(t, idx, g, result.ok, result.median_s if result.ok else None, result.checked)
         if not result.ok:
             log.info("%s config %d: %s %s", t.name, idx, result.outcome.value, result.message[:200])
 
@@ -367,5 +411,7 @@ class CampaignRunner:
             return {}
 
     def _summary(self, t: Task) -> TaskSummary:
+        gbps = t.nbytes / t.best_s / 1e9 if t.best_s and t.nbytes else 0.0
         return TaskSummary(t.name, t.wl.name, t.wl.shape, t.key, t.done_trials, t.errors, t.best_gflops,
-                           t.best_index, t.default_gflops)
+                           t.best_index, t.default_gflops, t.wl_hash, t.best_s, t.default_s, gbps, t.checked,
+                           t.error)

@@ -66,17 +66,35 @@ class Progress:
 
 
 def results_table(result: Any) -> str:
-    """The final table: best config per (workload, device), GFLOPS, speedup over the default."""
-    head = f"{'workload':<18} {'shape':<26} {'device':<10} {'trials':>6} {'errors':>6} {'best GFLOPS':>12} " \
-           f"{'default':>9} {'speedup':>8}  best config"
-    rows = [head, "-" * len(head)]
+    """The final table: best config per (workload, device) by time, GFLOPS and GB/s, speedup over the
+    template default, how many OK results the device checked, and the tasks that found nothing."""
+    names: dict[str, set[str]] = {}
     for t in result.tasks:
+        names.setdefault(t.workload, set()).add(t.workload_hash)
+    head = (f"{'workload':<22} {'shape':<22} {'device':<10} {'trials':>6} {'errors':>6} {'best ms':>10} "
+            f"{'GFLOPS':>9} {'GB/s':>7} {'speedup':>8} {'checked':>8}  best config")
+    rows = [head, "-" * len(head)]
+    failed = []
+    for t in result.tasks:
+        # name@hash only when two kernels of one name are in the table
+        label = f"{t.workload}@{t.workload_hash[:8]}" if len(names[t.workload]) > 1 else t.workload
+        shape = ",".join(map(str, t.shape))
+        if not t.ok:
+            why = t.error or "no config ran correctly (see the log's outcomes)"
+            failed.append(t)
+            rows.append(f"{label[:22]:<22} {shape[:22]:<22} {t.device_key:<10} {t.trials:>6} {t.errors:>6} "
+                        f"{'-':>10} {'-':>9} {'-':>7} {'-':>8} {'-':>8}  FAILED: {why[:200]}")
+            continue
         sp = f"{t.speedup:7.2f}x" if t.speedup else "       -"
-        dg = f"{t.default_gflops:9.2f}" if t.default_gflops else "        -"
+        gb = f"{t.best_gbps:7.1f}" if t.best_gbps else "      -"
+        ok_count = t.trials - t.errors
         rows.append(
-            f"{t.workload:<18} {','.join(map(str, t.shape)):<26} {t.device_key:<10} {t.trials:>6} "
-            f"{t.errors:>6} {t.best_gflops:12.2f} {dg} {sp}  {t.best_index if t.best_index is not None else '-'}"
+            f"{label[:22]:<22} {shape[:22]:<22} {t.device_key:<10} {t.trials:>6} {t.errors:>6} "
+            f"{t.best_s * 1e3:10.4f} {t.best_gflops:9.2f} {gb} {sp} {t.checked:>3}/{ok_count:<4}  "
+            f"{t.best_index if t.best_index is not None else '-'}"
         )
     rows.append(f"log: {result.log}   ({result.measured} measured now, {result.resumed} resumed from the log, "
                 f"{result.wall_s:.1f}s)")
+    if failed:
+        rows.append(f"{len(failed)} task(s) found no correct config: " + ", ".join(t.task for t in failed))
     return "\n".join(rows)

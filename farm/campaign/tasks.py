@@ -68,6 +68,14 @@ class Task:
     held: dict[int, Built] = field(default_factory=dict)  # built, waiting for the build phase to end
     history: list[tuple[int, float]] = field(default_factory=list)  # (trial, best so far)
     finished: bool = False
+    workload: Any = None  # the farm.workloads Workload
+    wl_hash: str = ""  # a user kernel's compute hash ("" for built-ins)
+    reference: Artifact | None = None  # what devices check a user kernel against (built once)
+    error: str = ""  # why the task could not run at all (its template raised, its space is empty...)
+    checked: int = 0  # OK records whose outputs the device compared with a reference
+    nbytes: int = 0  # argument bytes, for GB/s
+    best_s: float | None = None
+    default_s: float | None = None
 
     @property
     def name(self) -> str:
@@ -89,17 +97,30 @@ class TaskSummary:
     best_gflops: float
     best_index: int | None
     default_gflops: float | None
+    workload_hash: str = ""
+    best_s: float | None = None
+    default_s: float | None = None
+    best_gbps: float = 0.0
+    checked: int = 0
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """The task found at least one config that ran correctly."""
+        return self.best_s is not None and not self.error
 
     @property
     def speedup(self) -> float | None:
-        if self.default_gflops and self.best_gflops:
-            return self.best_gflops / self.default_gflops
+        if self.default_s and self.best_s:
+            return self.default_s / self.best_s
         return None
 
     def to_json(self) -> dict[str, Any]:
         return {"task": self.task, "workload": self.workload, "shape": list(self.shape), "device_key": self.device_key,
-                "trials": self.trials, "errors": self.errors, "best_gflops": self.best_gflops,
-                "best_index": self.best_index, "default_gflops": self.default_gflops, "speedup": self.speedup}
+                "workload_hash": self.workload_hash, "trials": self.trials, "errors": self.errors,
+                "best_gflops": self.best_gflops, "best_s": self.best_s, "best_gbps": self.best_gbps,
+                "best_index": self.best_index, "default_gflops": self.default_gflops, "speedup": self.speedup,
+                "checked": self.checked, "ok": self.ok, "error": self.error}
 
 
 @dataclass
