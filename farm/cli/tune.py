@@ -60,7 +60,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         if spec.devices_file is not None:
             _fleet_up(spec.devices_file, address, token, stack)
         exclusive = spec.exclusive_timing if spec.exclusive_timing is not None else embedded
-        _start_ray(args, exclusive)
+        _start_ray(args, exclusive, spec)
         progress = None if args.no_progress else Progress()
         # A restarted tracker lost our queued jobs: re-dial and resubmit (see campaign.link).
         runner: CampaignRunner | None = None
@@ -74,7 +74,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     print(results_table(result))
     if args.json:
         print(json.dumps(result.to_json()))
-    return 0
+    # 3, as `farm measure`: it ran, but some task found no config that ran correctly.
+    return 0 if all(t.ok for t in result.tasks) else 3
 
 
 def _farm(args: argparse.Namespace, spec: Any, stack: contextlib.ExitStack) -> tuple[str, bytes, bool]:
@@ -104,8 +105,9 @@ def _connect(address: str, token: bytes) -> Any:
         raise AuthError(f"tracker {address}: {e} (is $FARM_TOKEN / --token-file the tracker's token?)") from None
 
 
-def _start_ray(args: argparse.Namespace, exclusive: bool) -> None:
+def _start_ray(args: argparse.Namespace, exclusive: bool, spec: Any) -> None:
     from farm.campaign.builds import init_ray
+    from farm.workloads.loader import kernel_dirs
 
     build_cpus = args.build_cpus
     if build_cpus is None and exclusive and not args.ray_address:
@@ -116,7 +118,9 @@ def _start_ray(args: argparse.Namespace, exclusive: bool) -> None:
         # join keeps whatever mode its operator chose.
         os.environ.setdefault("RAY_AUTH_MODE", "token")
     try:
-        resources = init_ray(args.ray_address, build_cpus)
+        # The campaign's own kernels travel to build workers on every node through Ray's runtime_env.
+        resources = init_ray(args.ray_address, build_cpus, kernel_dirs(w.workload for w in spec.workloads
+                                                                     if w.workload is not None))
     except Exception as e:  # noqa: BLE001 - Ray's own errors (no cluster, auth, versions) end here as ours
         log.debug("ray start-up failed", exc_info=True)
         where = f"join Ray at {args.ray_address}" if args.ray_address else "start a local Ray"
