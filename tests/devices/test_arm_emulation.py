@@ -81,7 +81,8 @@ def compile_aarch64(ir: str) -> bytes:
 
 
 def test_guest_is_aarch64_with_numpy_and_llvmlite(arm_root: ArmRoot) -> None:
-    code = "import platform, sys, numpy, llvmlite.binding; print(platform.machine(), sys.version_info[:2], numpy.__version__)"
+    code = ("import platform, sys, numpy, llvmlite.binding; "
+            "print(platform.machine(), sys.version_info[:2], numpy.__version__)")
     out = run_under_arm_python(code).stdout.split()
     assert out[0] == "aarch64"
 

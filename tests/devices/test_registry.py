@@ -1,7 +1,6 @@
 """devices.yaml → typed specs: valid files, and malformed ones named by file:line and field."""
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import textwrap
 from pathlib import Path
@@ -10,7 +9,6 @@ import pytest
 
 from devices.registry import DeviceConfigError, FleetSpec, load_fleet, parse_fleet
 from devices.targetspec import TargetSyntaxError, parse_target
-from farm.cli import devices as cli
 from farm.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -88,7 +86,8 @@ def test_cuda_local_and_remote(tmp_path: Path) -> None:
         """
         devices:
           - {name: g0, key: gpu, kind: cuda, gpu: 1}
-          - {name: g1, key: gpu, kind: cuda, ssh_config: gpubox, target: "llvm -mtriple=nvptx64-nvidia-cuda -mcpu=sm_90"}
+          - {name: g1, key: gpu, kind: cuda, ssh_config: gpubox,
+             target: "llvm -mtriple=nvptx64-nvidia-cuda -mcpu=sm_90"}
     """,
     )
     g0, g1 = load_fleet(path).devices
@@ -123,48 +122,79 @@ def test_target_fields() -> None:
 # (yaml text, line, field, words in the reason). Keys are paths relative to the
 # file's directory, which holds a file id_test and a directory keydir.
 MALFORMED = {
-    "unknown kind": ("devices:\n" + GOOD_LOCAL + "  - {name: b, key: k, kind: sssh, host: h}\n", 5, "devices[1].kind", "did you mean 'ssh'"),
-    "missing host": ("devices:\n  - name: b\n    key: k\n    kind: ssh\n", 2, "devices[0].host", "needs host or ssh_config"),
-    "bad target prefix": ("devices:\n  - name: b\n    key: k\n    kind: local\n    target: gcc -O3\n", 5, "devices[0].target", "start with 'llvm'"),
-    "unknown triple arch": ("devices:\n  - name: b\n    key: k\n    kind: local\n    target: llvm -mtriple=z80-none-elf\n", 5, "devices[0].target", "unknown architecture 'z80'"),
-    "malformed triple": ("devices:\n  - name: b\n    key: k\n    kind: local\n    target: llvm -mtriple=aarch64\n", 5, "devices[0].target", "malformed triple"),
-    "unknown target option": ("devices:\n  - name: b\n    key: k\n    kind: local\n    target: llvm -mcpus=generic\n", 5, "devices[0].target", "did you mean -mcpu"),
-    "bad mattr": ("devices:\n  - name: b\n    key: k\n    kind: local\n    target: llvm -mattr=neon\n", 5, "devices[0].target", "+name or -name"),
-    "option without value": ("devices:\n  - name: b\n    key: k\n    kind: local\n    target: llvm -mcpu\n", 5, "devices[0].target", "-name=value"),
-    "duplicate option": ("devices:\n  - name: b\n    key: k\n    kind: local\n    target: llvm -mcpu=a -mcpu=b\n", 5, "devices[0].target", "given twice"),
-    "duplicate names": ("devices:\n" + GOOD_LOCAL + "  - name: x86\n    key: x86\n    kind: local\n", 5, "devices[1].name", "first at line 2"),
-    "key file missing": ("devices:\n  - {name: b, key: k, kind: ssh, host: h,\n     key_file: nope_ed25519}\n", 3, "devices[0].key_file", "does not exist"),
-    "key file is a directory": ("devices:\n  - {name: b, key: k, kind: ssh, host: h, key_file: keydir}\n", 2, "devices[0].key_file", "not a file"),
-    "port is a string": ("devices:\n  - name: b\n    key: k\n    kind: ssh\n    host: h\n    port: twenty-two\n", 6, "devices[0].port", "expected an integer"),
-    "port out of range": ("devices:\n  - name: b\n    key: k\n    kind: ssh\n    host: h\n    port: 70000\n", 6, "devices[0].port", "out of range 1..65535"),
-    "port zero": ("devices:\n  - name: b\n    key: k\n    kind: ssh\n    host: h\n    port: 0\n", 6, "devices[0].port", "out of range"),
+    "unknown kind": ("devices:\n" + GOOD_LOCAL + "  - {name: b, key: k, kind: sssh, host: h}\n",
+        5, "devices[1].kind", "did you mean 'ssh'"),
+    "missing host": ("devices:\n  - name: b\n    key: k\n    kind: ssh\n",
+        2, "devices[0].host", "needs host or ssh_config"),
+    "bad target prefix": ("devices:\n  - name: b\n    key: k\n    kind: local\n    target: gcc -O3\n",
+        5, "devices[0].target", "start with 'llvm'"),
+    "unknown triple arch": (
+        "devices:\n  - name: b\n    key: k\n    kind: local\n    target: llvm -mtriple=z80-none-elf\n",
+        5, "devices[0].target", "unknown architecture 'z80'"),
+    "malformed triple": ("devices:\n  - name: b\n    key: k\n    kind: local\n    target: llvm -mtriple=aarch64\n",
+        5, "devices[0].target", "malformed triple"),
+    "unknown target option": ("devices:\n  - name: b\n    key: k\n    kind: local\n    target: llvm -mcpus=generic\n",
+        5, "devices[0].target", "did you mean -mcpu"),
+    "bad mattr": ("devices:\n  - name: b\n    key: k\n    kind: local\n    target: llvm -mattr=neon\n",
+        5, "devices[0].target", "+name or -name"),
+    "option without value": ("devices:\n  - name: b\n    key: k\n    kind: local\n    target: llvm -mcpu\n",
+        5, "devices[0].target", "-name=value"),
+    "duplicate option": ("devices:\n  - name: b\n    key: k\n    kind: local\n    target: llvm -mcpu=a -mcpu=b\n",
+        5, "devices[0].target", "given twice"),
+    "duplicate names": ("devices:\n" + GOOD_LOCAL + "  - name: x86\n    key: x86\n    kind: local\n",
+        5, "devices[1].name", "first at line 2"),
+    "key file missing": ("devices:\n  - {name: b, key: k, kind: ssh, host: h,\n     key_file: nope_ed25519}\n",
+        3, "devices[0].key_file", "does not exist"),
+    "key file is a directory": ("devices:\n  - {name: b, key: k, kind: ssh, host: h, key_file: keydir}\n",
+        2, "devices[0].key_file", "not a file"),
+    "port is a string": ("devices:\n  - name: b\n    key: k\n    kind: ssh\n    host: h\n    port: twenty-two\n",
+        6, "devices[0].port", "expected an integer"),
+    "port out of range": ("devices:\n  - name: b\n    key: k\n    kind: ssh\n    host: h\n    port: 70000\n",
+        6, "devices[0].port", "out of range 1..65535"),
+    "port zero": ("devices:\n  - name: b\n    key: k\n    kind: ssh\n    host: h\n    port: 0\n",
+        6, "devices[0].port", "out of range"),
     "servers zero": ("devices:\n" + GOOD_LOCAL + "    servers: 0\n", 5, "devices[0].servers", "out of range 1..256"),
     "servers negative": ("devices:\n" + GOOD_LOCAL + "    servers: -2\n", 5, "devices[0].servers", "out of range"),
-    "servers not int": ("devices:\n" + GOOD_LOCAL + "    servers: 1.5\n", 5, "devices[0].servers", "expected an integer, got float"),
-    "boolean as port": ("devices:\n  - {name: b, key: k, kind: ssh, host: h,\n     port: yes}\n", 3, "devices[0].port", "expected an integer, got bool"),
-    "use_agent not bool": ("devices:\n  - {name: b, key: k, kind: ssh, host: h, use_agent: sometimes}\n", 2, "devices[0].use_agent", "expected true or false"),
-    "unknown field": ("devices:\n" + GOOD_LOCAL + "    sevrers: 2\n", 5, "devices[0].sevrers", "did you mean 'servers'"),
+    "servers not int": ("devices:\n" + GOOD_LOCAL + "    servers: 1.5\n",
+        5, "devices[0].servers", "expected an integer, got float"),
+    "boolean as port": ("devices:\n  - {name: b, key: k, kind: ssh, host: h,\n     port: yes}\n",
+        3, "devices[0].port", "expected an integer, got bool"),
+    "use_agent not bool": ("devices:\n  - {name: b, key: k, kind: ssh, host: h, use_agent: sometimes}\n",
+        2, "devices[0].use_agent", "expected true or false"),
+    "unknown field": ("devices:\n" + GOOD_LOCAL + "    sevrers: 2\n",
+        5, "devices[0].sevrers", "did you mean 'servers'"),
     "unknown top-level": ("device:\n" + GOOD_LOCAL, 1, "device", "did you mean 'devices'"),
-    "ssh field on local": ("devices:\n" + GOOD_LOCAL + "    host: h\n", 5, "devices[0].host", "not allowed for kind 'local'"),
-    "gpu on ssh": ("devices:\n  - {name: b, key: k, kind: ssh, host: h, gpu: 0}\n", 2, "devices[0].gpu", "not allowed for kind 'ssh'"),
+    "ssh field on local": ("devices:\n" + GOOD_LOCAL + "    host: h\n",
+        5, "devices[0].host", "not allowed for kind 'local'"),
+    "gpu on ssh": ("devices:\n  - {name: b, key: k, kind: ssh, host: h, gpu: 0}\n",
+        2, "devices[0].gpu", "not allowed for kind 'ssh'"),
     "missing name": ("devices:\n  - key: k\n    kind: local\n", 2, "devices[0].name", "missing required field"),
     "missing key": ("devices:\n  - name: a\n    kind: local\n", 2, "devices[0].key", "missing required field"),
     "missing kind": ("devices:\n  - name: a\n    key: k\n", 2, "devices[0].kind", "missing required field"),
-    "name with spaces": ("devices:\n  - name: my board\n    key: k\n    kind: local\n", 2, "devices[0].name", "letters, digits"),
+    "name with spaces": ("devices:\n  - name: my board\n    key: k\n    kind: local\n",
+        2, "devices[0].name", "letters, digits"),
     "empty host": ("devices:\n  - {name: b, key: k, kind: ssh, host: ''}\n", 2, "devices[0].host", "non-empty string"),
     "devices not a list": ("devices:\n  name: a\n", 2, "devices", "non-empty list"),
     "empty devices": ("version: 1\ndevices: []\n", 2, "devices", "non-empty list"),
     "device is a scalar": ("devices:\n  - just-a-name\n", 2, "devices[0]", "expected a mapping"),
-    "duplicate field": ("devices:\n" + GOOD_LOCAL + "    key: x86b\n", 5, "devices[0].key", "given twice (first at line 3)"),
+    "duplicate field": ("devices:\n" + GOOD_LOCAL + "    key: x86b\n",
+        5, "devices[0].key", "given twice (first at line 3)"),
     "yaml syntax": ("devices:\n  - name: a\n    key: [unclosed\n", 4, "(yaml)", "syntax error"),
     "bad version": ("version: 2\ndevices:\n" + GOOD_LOCAL, 1, "version", "unsupported version"),
     "bad default": ("defaults:\n  port: 99999\ndevices:\n" + GOOD_LOCAL, 2, "defaults.port", "out of range"),
     "unknown default": ("defaults:\n  usr: pi\ndevices:\n" + GOOD_LOCAL, 2, "defaults.usr", "did you mean 'user'"),
-    "cuda with cpu target": ("devices:\n  - name: g\n    key: gpu\n    kind: cuda\n    target: llvm -mtriple=x86_64-linux-gnu\n", 5, "devices[0].target", "nvptx64"),
-    "gpu target on local": ("devices:\n  - name: g\n    key: gpu\n    kind: local\n    target: llvm -mtriple=nvptx64-nvidia-cuda\n", 5, "devices[0].target", "use kind: cuda"),
-    "bad host key policy": ("devices:\n  - {name: b, key: k, kind: ssh, host: h, host_key_policy: yolo}\n", 2, "devices[0].host_key_policy", "strict, accept-new"),
-    "ssh_config_file without alias": ("devices:\n  - {name: b, key: k, kind: ssh, host: h, ssh_config_file: id_test}\n", 2, "devices[0].ssh_config_file", "without ssh_config"),
-    "bad connect timeout": ("devices:\n  - {name: b, key: k, kind: ssh, host: h, connect_timeout: -1}\n", 2, "devices[0].connect_timeout", "seconds"),
+    "cuda with cpu target": (
+        "devices:\n  - name: g\n    key: gpu\n    kind: cuda\n    target: llvm -mtriple=x86_64-linux-gnu\n",
+        5, "devices[0].target", "nvptx64"),
+    "gpu target on local": (
+        "devices:\n  - name: g\n    key: gpu\n    kind: local\n    target: llvm -mtriple=nvptx64-nvidia-cuda\n",
+        5, "devices[0].target", "use kind: cuda"),
+    "bad host key policy": ("devices:\n  - {name: b, key: k, kind: ssh, host: h, host_key_policy: yolo}\n",
+        2, "devices[0].host_key_policy", "strict, accept-new"),
+    "ssh_config_file without alias": ("devices:\n  - {name: b, key: k, kind: ssh, host: h, ssh_config_file: id_test}\n",
+        2, "devices[0].ssh_config_file", "without ssh_config"),
+    "bad connect timeout": ("devices:\n  - {name: b, key: k, kind: ssh, host: h, connect_timeout: -1}\n",
+        2, "devices[0].connect_timeout", "seconds"),
     "top level is a list": ("- name: a\n", 1, "(top level)", "expected a mapping"),
     "two documents": ("devices:\n" + GOOD_LOCAL + "---\ndevices: []\n", 6, "(yaml)", "one YAML document"),
 }  # fmt: skip
@@ -195,10 +225,9 @@ def test_empty_and_unreadable_files(tmp_path: Path) -> None:
 
 
 def _run_cli(*argv: str) -> int:
-    parser = argparse.ArgumentParser(prog="farm")
-    cli.register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(list(argv))
-    return int(args.func(args))
+    from farm.cli.main import main  # the CLI's one error boundary prints the error line
+
+    return main(list(argv))
 
 
 def test_cli_check_prints_table(capsys: pytest.CaptureFixture[str]) -> None:
@@ -212,4 +241,4 @@ def test_cli_check_reports_location(tmp_path: Path, capsys: pytest.CaptureFixtur
     path = write(tmp_path, MALFORMED["port out of range"][0])
     assert _run_cli("devices", "check", str(path)) == 1
     err = capsys.readouterr().err.strip()
-    assert err == f"{path}:6: devices[0].port: 70000 is out of range 1..65535"
+    assert err == f"farm devices check: error: {path}:6: devices[0].port: 70000 is out of range 1..65535"
