@@ -34,13 +34,13 @@ class DeviceOutcome:
 
 
 # Event kinds, in the order a device meets them.
-UP, FAILED, RESTARTING, BACK, DOWN = "up", "failed", "restarting", "back", "down"
+UP, FAILED, RESTARTING, BACK = "up", "failed", "restarting", "back"
 
 
 @dataclass(frozen=True)
 class FleetEvent:
     """One change of one device: brought ``up`` or ``failed``; ``restarting`` (why, which attempt);
-    ``back`` after a restart; ``down`` when stopped. ``retry_in`` is set on a failed restart."""
+    ``back`` after a restart. ``attempt`` counts restarts; ``retry_in`` is set on a failed one."""
 
     name: str
     kind: str
