@@ -27,6 +27,7 @@ OPENBLAS_ENV_UNSET = sorted(k for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
                             if __name__ == "__main__" and os.environ.pop(k, None) is not None)
 
 import argparse  # noqa: E402
+import functools  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import shutil  # noqa: E402
@@ -118,6 +119,7 @@ def hand_config(workload: str, shape: tuple[int, ...], target: Target) -> dict[s
 
 # --- which logged records apply here ---------------------------------------------------
 
+@functools.lru_cache(maxsize=256)
 def _target_key(text: str) -> tuple[str, str, frozenset[str]] | None:
     try:
         t = Target.parse(text)
@@ -342,6 +344,8 @@ def main(argv: list[str] | None = None) -> int:
             figures["seconds_per_trial"] = round(result.wall_s / result.measured, 3) if result.measured else None
             recs = [r for r in FileSink(log).load() if applies_here(r, target, host)]
         rows = []
+        # Other work on the machine hits OpenBLAS's spinning workers harder than our kernels: say how busy it was.
+        figures["loadavg_1m_compare_start"] = round(os.getloadavg()[0], 2)
         for case, wl_name, shape, base in cases:
             tuned = top_configs(recs, wl_name, shape, args.top)
             figs, gf = compare_case(case, wl_name, shape, base, target, tuned, rounds, min_s)
@@ -359,6 +363,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{tuned_g}  {gf['default'] / npg:10.3f} {gf['hand'] / npg:8.3f} {tuned_r}")
     print("numpy baseline: matmul/batch_matmul = a @ b (OpenBLAS); dense = np.maximum(a @ b + bias, 0); "
           f"conv2d = im2col + matmul in numpy. Target: {target}")
+    figures["loadavg_1m_compare_end"] = round(os.getloadavg()[0], 2)
     from peak import measured_peak_gflops
 
     pk = measured_peak_gflops(tries=5)
