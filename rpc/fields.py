@@ -40,6 +40,9 @@ QUERY_KINDS = ("best", "top_k", "history", "measured", "records")
 ROLES = ("client", "device")
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def _show(v: Any) -> str:
     r = repr(v)
     return r if len(r) <= 40 else f"{r[:30]}... ({len(r)} chars)"
@@ -88,7 +91,7 @@ class Str:
         if ok and self.pattern:
             ok = re.fullmatch(self.pattern, v) is not None
         if ok and self.printable:
-            ok = not any(ord(c) < 32 or ord(c) == 127 for c in v)
+            ok = _CONTROL.search(v) is None
         if not ok:
             raise BadRequest(f"{path} must be {self.describe()}, got {_show(v)}")
         return v
@@ -116,7 +119,12 @@ class ListOf:
     def check(self, v: Any, path: str) -> Any:
         if not isinstance(v, list) or len(v) > self.max_items:
             raise BadRequest(f"{path} must be {self.describe()}, got {_show(v)}")
-        return [self.item.check(x, f"{path}[{i}]") for i, x in enumerate(v)]
+        try:
+            return [self.item.check(x, "") for x in v]
+        except BadRequest:  # the rare path: check again, naming the item
+            for i, x in enumerate(v):
+                self.item.check(x, f"{path}[{i}]")
+            raise
 
 
 @dataclass(frozen=True)
@@ -152,17 +160,22 @@ class Obj:
             if unknown:
                 raise BadRequest(f"{_join(path, unknown[0])} is not a known field")
         for name, f in self.fields.items():
-            where = _join(path, name)
             if name not in v:
                 if f.required:
-                    raise BadRequest(f"{where} is missing")
+                    raise BadRequest(f"{_join(path, name)} is missing")
                 if f.default is not None:  # never None: that would change a hashed header
                     out[name] = f.default() if callable(f.default) else f.default
                 continue
-            if v[name] is None and f.nullable:
+            val = v[name]
+            if val is None and f.nullable:
                 out[name] = None
                 continue
-            out[name] = f.rule.check(v[name], where)
+            # Paths are built only to name a refused field: every message crosses this loop.
+            try:
+                out[name] = f.rule.check(val, "")
+            except BadRequest:
+                f.rule.check(val, _join(path, name))
+                raise
         return out
 
 
