@@ -162,7 +162,7 @@ async def dial(
 
 async def dial_address(
     host: str, port: int, token: bytes, role: str, *, ssl_context: ssl.SSLContext | None = None,
-    timeout: float = HANDSHAKE_TIMEOUT,
+    timeout: float = HANDSHAKE_TIMEOUT, versions: tuple[int, ...] = PROTOCOL_VERSIONS,
 ) -> Connection:
     """Connect and authenticate under ONE budget of ``timeout`` seconds, TCP connect included.
 
@@ -173,7 +173,7 @@ async def dial_address(
     try:
         async with asyncio.timeout(timeout):
             conn = await open_connection(host, port, timeout=timeout, ssl_context=ssl_context)
-            await dial(conn, token, role, timeout=timeout)
+            conn.version = await dial(conn, token, role, versions=versions, timeout=timeout)
     except TimeoutError:
         if conn is not None:
             conn.abort()

@@ -161,21 +161,34 @@ class AsyncClient:
         priority: int = 0,
         queue_timeout_s: float | None = None,
         lease_id: str | None = None,
+        reference: tuple[dict[str, Any], bytes] | None = None,
     ) -> str:
-        """Queue one job; returns its id (await ``result(job_id)``)."""
+        """Queue one job; returns its id (await ``result(job_id)``). ``reference``: the (header, code)
+        of the artifact that ``artifact["reference"]`` names, uploaded once (protocol 2)."""
         art_hash = artifact.get("hash")
         if not isinstance(art_hash, str):
             raise ProtocolError("artifact header has no hash")
-        if art_hash not in self._known and art_hash in (await self.call("has", hashes=[art_hash]))["has"]:
-            self._known.add(art_hash)
+        wanted = [h for h in (art_hash, reference[0].get("hash") if reference else None)
+                  if isinstance(h, str) and h not in self._known]
+        if wanted:
+            self._known.update((await self.call("has", hashes=wanted))["has"])
         request: dict[str, Any] = dict(key=key, artifact=artifact, options=options or {}, priority=priority,
-                                       queue_timeout_s=queue_timeout_s, lease_id=lease_id)
+                                       queue_timeout_s=queue_timeout_s, lease_id=lease_id,
+                                       reference=reference[0] if reference else None)
+        await self._put_reference(reference)
         try:
             reply = await self.call("submit", () if art_hash in self._known else (code,), **request)
-        except ArtifactMissing:  # the tracker evicted it since: send it after all
+        except ArtifactMissing:  # the tracker evicted one since: send them after all
+            self._known.difference_update({art_hash, reference[0]["hash"]} if reference else {art_hash})
+            await self._put_reference(reference)
             reply = await self.call("submit", (code,), **request)
         self._known.add(art_hash)
         return str(reply["job_id"])
+
+    async def _put_reference(self, reference: tuple[dict[str, Any], bytes] | None) -> None:
+        if reference is not None and reference[0]["hash"] not in self._known:
+            await self.call("put", (reference[1],), artifact=reference[0])
+            self._known.add(reference[0]["hash"])
 
     async def result(self, job_id: str, timeout: float | None = None) -> dict[str, Any]:
         """The MeasureResult JSON of a submitted job (raises JobFailed errors by type)."""

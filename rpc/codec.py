@@ -30,7 +30,9 @@ PREFIX = struct.Struct(">2sHII")
 PREFIX_SIZE = PREFIX.size
 
 # Versions of the message protocol this code speaks, newest last.
-PROTOCOL_VERSIONS = (1,)
+# 2: a job may carry a reference artifact (user kernels' checks); ops 'put' and 'artifact'.
+PROTOCOL_VERSIONS = (1, 2)
+REFERENCE_VERSION = 2  # the first version whose devices check a job's reference
 
 # Default caps: headers are small; blobs are artifacts (objects or PTX).
 MAX_JSON = 1 << 20

@@ -277,7 +277,8 @@ CLIENT_OPS: dict[str, Obj] = {
     "has": _op(hashes=F(ListOf(HASH, MAX_HASHES), required=True)),
     "submit": _op(key=F(KEY, required=True), artifact=F(ARTIFACT, required=True), options=F(RUN_OPTIONS, default=dict),
                   priority=F(PRIORITY, default=0), queue_timeout_s=F(WAIT_S, nullable=True),
-                  lease_id=F(ID, nullable=True)),
+                  lease_id=F(ID, nullable=True), reference=F(ARTIFACT, nullable=True)),
+    "put": _op(artifact=F(ARTIFACT, required=True)),  # + its code: a reference, kept until jobs need it
     "lease": _op(key=F(KEY, required=True), queue_timeout_s=F(WAIT_S, nullable=True), priority=F(PRIORITY, default=0)),
     "release": _op(lease_id=F(ID, required=True)),
     "summary": _op(),
@@ -294,6 +295,7 @@ REPLIES: dict[str, Obj] = {
     "ping": Obj({}),
     "has": Obj({"has": F(ListOf(HASH, MAX_HASHES), required=True)}),
     "submit": Obj({"job_id": F(ID, required=True)}),
+    "put": Obj({}),
     "lease": Obj({"lease_id": F(ID, required=True), "device": F(FREE, default=dict)}),
     "release": Obj({}),
     "summary": Obj({"summary": F(FREE, required=True)}),
@@ -328,7 +330,8 @@ TRACKER_TO_DEVICE: dict[str, Obj] = {
     "registered": Obj({"device_id": F(ID, required=True), "heartbeat_s": F(HEARTBEAT_S, default=2.0)}),
     "heartbeat_ack": Obj({}),
     "job": Obj({"job_id": F(ID, required=True), "artifact": F(ARTIFACT, required=True),
-                "options": F(RUN_OPTIONS, default=dict)}),
+                "options": F(RUN_OPTIONS, default=dict), "reference": F(ARTIFACT, nullable=True)}),
+    "artifact": Obj({"artifact": F(ARTIFACT, required=True)}),  # + its code: a reference a job will name
     "error": Obj({"error": F(ERROR, required=True)}),  # something we sent was refused
 }
 

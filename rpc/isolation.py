@@ -65,14 +65,20 @@ class WorkerProcess:
         return codec.decode_body(json_len, blob_len, await self.proc.stdout.readexactly(json_len + blob_len))
 
     async def run(
-        self, artifact: dict[str, Any], code: bytes, options: dict[str, Any], hard_timeout: float
+        self, artifact: dict[str, Any], code: bytes, options: dict[str, Any], hard_timeout: float,
+        reference: tuple[dict[str, Any], bytes] | None = None,
     ) -> tuple[dict[str, Any], bool]:
         """Run one job. Returns (result JSON, child still usable)."""
         assert self.proc and self.proc.stdin
         flops = float(artifact.get("flops", 0.0) or 0.0)
         t0 = time.monotonic()
         try:
-            self.proc.stdin.writelines(codec.encode({"op": "run", "artifact": artifact, "options": options}, [code]))
+            header: dict[str, Any] = {"op": "run", "artifact": artifact, "options": options}
+            blobs = [code]
+            if reference is not None:  # the second blob is the reference's code
+                header["reference"] = reference[0]
+                blobs.append(reference[1])
+            self.proc.stdin.writelines(codec.encode(header, blobs))
             await self.proc.stdin.drain()
             msg = await asyncio.wait_for(self._recv(), hard_timeout)
             if msg.op != "result" or not isinstance(msg.header.get("result"), dict):
@@ -139,14 +145,15 @@ class WorkerPool:
             self._free.put_nowait(w)
 
     async def run(
-        self, artifact: dict[str, Any], code: bytes, options: dict[str, Any], hard_timeout: float
+        self, artifact: dict[str, Any], code: bytes, options: dict[str, Any], hard_timeout: float,
+        reference: tuple[dict[str, Any], bytes] | None = None,
     ) -> dict[str, Any]:
         worker = await self._free.get()
         ok = False
         try:
             if worker.proc is None:  # replaced lazily after an earlier failure
                 await worker.start()
-            result, ok = await worker.run(artifact, code, options, hard_timeout)
+            result, ok = await worker.run(artifact, code, options, hard_timeout, reference)
             if not ok:
                 self.crashes += 1
             return result

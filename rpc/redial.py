@@ -161,12 +161,13 @@ class RedialClient:
 
     # ---- jobs ----------------------------------------------------------------------------
     async def submit(self, artifact: dict[str, Any], code: bytes, key: str, options: dict[str, Any] | None = None,
-                     *, priority: int = 0, queue_timeout_s: float | None = None, lease_id: str | None = None) -> str:
+                     *, priority: int = 0, queue_timeout_s: float | None = None, lease_id: str | None = None,
+                     reference: tuple[dict[str, Any], bytes] | None = None) -> str:
         """Queue one job; returns its ticket (its first job id), good across re-dials."""
         if lease_id is not None and lease_id in self.lost_leases:
             raise NoSuchLease(f"lease {lease_id} was lost: {self.lost_leases[lease_id]}")
         request = dict(artifact=artifact, code=code, key=key, options=options, priority=priority,
-                       queue_timeout_s=queue_timeout_s, lease_id=lease_id)
+                       queue_timeout_s=queue_timeout_s, lease_id=lease_id, reference=reference)
         conn, job_id = await self._submit(request)
         t = _Ticket(job_id, request, asyncio.get_running_loop().create_future(), job_id, self.gen)
         self._tickets[t.ticket] = t

@@ -73,6 +73,7 @@ class DeviceServer:
         self._registered = False  # did the current session get as far as registering?
         self._ops: dict[str, Callable[[Connection, codec.Message, set[asyncio.Task[None]]], None]] = {
             "job": self._on_job,
+            "artifact": self._on_artifact,
             "heartbeat_ack": lambda conn, msg, tasks: None,
             "registered": lambda conn, msg, tasks: None,
             "error": self._on_error,
@@ -177,6 +178,15 @@ class DeviceServer:
         self._refusals.warning(conn.peer, "tracker %s refused a message: %s", conn.peer,
                                msg.header["error"]["message"][:300])
 
+    def _on_artifact(self, conn: Connection, msg: codec.Message, tasks: set[asyncio.Task[None]]) -> None:
+        """A reference a job will name, sent ahead of it: keep it (content-addressed)."""
+        try:
+            if len(msg.blobs) != 1:
+                raise BadRequest("artifact: expected its code as the one blob")
+            self.store.put(checked_hash(msg.header["artifact"], msg.blobs[0]), msg.blobs[0])
+        except BadRequest as e:
+            self._refuse(conn, msg, e, tasks)
+
     def _on_job(self, conn: Connection, msg: codec.Message, tasks: set[asyncio.Task[None]]) -> None:
         task = asyncio.create_task(self._run_job(conn, msg.header, msg.blobs))
         tasks.add(task)
@@ -195,8 +205,16 @@ class DeviceServer:
                     await conn.send({"op": "need_artifact", "job_id": job_id, "hash": artifact["hash"]})
                     return
                 code = cached
+            reference = None
+            if h.get("reference") is not None:  # the check this kernel carries: never run without it
+                ref_header = h["reference"]
+                ref_code = self.store.get(ref_header["hash"])
+                if ref_code is None:
+                    await conn.send({"op": "need_artifact", "job_id": job_id, "hash": ref_header["hash"]})
+                    return
+                reference = (ref_header, ref_code)
             hard = float(options.get("timeout_s", 30.0)) + self.load_grace_s
-            result = await self.pool.run(artifact, code, options, hard)
+            result = await self.pool.run(artifact, code, options, hard, reference)
         except ConnectionLost:
             return
         except (RpcError, ValueError, TypeError, RuntimeError) as e:  # RuntimeError: no job child

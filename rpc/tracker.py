@@ -53,6 +53,7 @@ class _Peer:
     conn: Connection
     outbox: asyncio.Queue[tuple[dict[str, Any], list[bytes]]] = field(default_factory=asyncio.Queue)
     has: set[str] = field(default_factory=set)  # devices: artifact hashes it holds
+    version: int = 1  # the protocol version its handshake agreed
 
     def post(self, header: dict[str, Any], blobs: list[bytes] | None = None) -> None:
         self.outbox.put_nowait((header, blobs or []))
@@ -74,6 +75,7 @@ class _Payload:
     artifact: dict[str, Any]
     code: bytes
     options: dict[str, Any]
+    reference: tuple[dict[str, Any], bytes] | None = None  # the check the artifact names (protocol 2)
 
 
 class Tracker:
@@ -110,6 +112,7 @@ class Tracker:
         self.devices: dict[str, _Peer] = {}
         self.clients: dict[str, _Peer] = {}
         self.payloads: dict[str, _Payload] = {}
+        self.ref_headers: dict[str, dict[str, Any]] = {}  # headers of put artifacts, by hash
         self.lease_rids: dict[str, tuple[str, Any]] = {}  # lease id -> (client id, rid) until granted
         self.stats = {"jobs_submitted": 0, "client_uploads": 0, "client_upload_bytes": 0, "device_uploads": 0,
                       "device_upload_bytes": 0, "bad_connections": 0}
@@ -125,6 +128,7 @@ class Tracker:
         self._client_ops: dict[str, Callable[[str, _Peer, codec.Message], Awaitable[dict[str, Any] | None]]] = {
             "ping": self._op_ping,
             "has": self._op_has,
+            "put": self._op_put,
             "submit": self._op_submit,
             "lease": self._op_lease,
             "release": self._op_release,
@@ -178,7 +182,7 @@ class Tracker:
         try:
             # One budget for the whole greeting: the handshake and, for a device, its register.
             async with asyncio.timeout(self.handshake_timeout):
-                role, _version = await auth.accept(conn, self._token, timeout=self.handshake_timeout)
+                role, version = await auth.accept(conn, self._token, timeout=self.handshake_timeout)
                 conn.limits = codec.Limits()  # authenticated: artifacts may now flow
                 if role == "device":
                     register = await conn.recv()
@@ -187,7 +191,7 @@ class Tracker:
             why = f"no handshake within {self.handshake_timeout:.1f}s" if isinstance(e, TimeoutError) else str(e)
             self._refusals.warning(conn.peer, "refused %s: %s", conn.peer, why)
             return
-        peer = _Peer(conn)
+        peer = _Peer(conn, version=version)
         writer = asyncio.create_task(peer.writer())
         try:
             if register is not None:
@@ -289,7 +293,8 @@ class Tracker:
         job_id = msg.header["job_id"]
         job = self.queue.jobs.get(job_id)
         if job is not None and job.device_id == device_id and job_id in self.payloads:
-            peer.has.discard(self.payloads[job_id].artifact["hash"])  # it evicted it
+            peer.has.discard(msg.header["hash"])  # it evicted it (the job's artifact or its reference)
+            peer.has.discard(self.payloads[job_id].artifact["hash"])
             self._dispatch(Dispatch(device_id, job_id))
 
     # ---- client ops ----------------------------------------------------
@@ -298,6 +303,33 @@ class Tracker:
 
     async def _op_has(self, client_id: str, peer: _Peer, msg: codec.Message) -> dict[str, Any]:
         return {"has": [h for h in msg.header["hashes"] if h in self.store]}
+
+    async def _op_put(self, client_id: str, peer: _Peer, msg: codec.Message) -> dict[str, Any]:
+        """Keep an artifact a later job names as its reference (its code is the one blob)."""
+        if len(msg.blobs) != 1:
+            raise BadRequest("put: send the artifact's code as the one blob")
+        art_hash = checked_hash(msg.header["artifact"], msg.blobs[0])
+        if art_hash not in self.store:
+            self.stats["client_uploads"] += 1
+            self.stats["client_upload_bytes"] += len(msg.blobs[0])
+        self.store.put(art_hash, msg.blobs[0])
+        self.ref_headers[art_hash] = msg.header["artifact"]
+        return {}
+
+    def _reference_of(self, artifact: dict[str, Any],
+                      header: dict[str, Any] | None) -> tuple[dict[str, Any], bytes] | None:
+        """The (header, code) of the reference ``artifact`` names; ArtifactMissing if not held."""
+        want = artifact.get("reference")
+        if want is None:
+            return None
+        if header is None or header.get("hash") != want["hash"]:
+            raise BadRequest(f"submit: artifact names reference {want['hash'][:12]}... but the request's "
+                             "'reference' header is another (or missing)")
+        code = self.store.get(want["hash"])
+        if code is None:
+            raise ArtifactMissing(f"tracker does not hold reference {want['hash'][:12]}...; put it first")
+        checked_hash(header, code)
+        return header, code
 
     async def _op_submit(self, client_id: str, peer: _Peer, msg: codec.Message) -> dict[str, Any] | None:
         h = msg.header  # checked: rpc.fields.CLIENT_OPS["submit"]
@@ -315,6 +347,7 @@ class Tracker:
             if stored is None:
                 raise ArtifactMissing(f"tracker does not hold artifact {art_hash[:12]}...; send its code")
             code = stored
+        reference = self._reference_of(artifact, h.get("reference"))
         timeout_s = float(options.get("timeout_s", 30.0))
         queue_timeout = h.get("queue_timeout_s")
         now = time.monotonic()
@@ -328,7 +361,7 @@ class Tracker:
             run_budget_s=timeout_s + RUN_GRACE_S,
             lease_id=h.get("lease_id"),
         )
-        self.payloads[job_id] = _Payload(artifact, code, options)
+        self.payloads[job_id] = _Payload(artifact, code, options, reference)
         self.stats["jobs_submitted"] += 1
         # Reply before applying, so the client knows the id before the result can arrive.
         peer.post({"op": "reply", "rid": h.get("rid"), "job_id": job_id})
@@ -395,13 +428,31 @@ class Tracker:
         peer = self.devices[a.device_id]
         p = self.payloads[a.job_id]
         art_hash = p.artifact["hash"]
+        if p.reference is not None:
+            if peer.version < codec.REFERENCE_VERSION:
+                # An older server would not check the reference: it never runs this job.
+                result = {"outcome": "LOAD_ERROR", "costs": [], "message":
+                          f"device {a.device_id} speaks protocol {peer.version}, which cannot check this kernel's "
+                          "reference; upgrade kernelfarm on it"}
+                asyncio.get_running_loop().call_soon(
+                    lambda: self._apply(self.queue.finish(a.device_id, a.job_id, result, time.monotonic())))
+                return
+            ref_header, ref_code = p.reference
+            if ref_header["hash"] not in peer.has:  # sent ahead of the job, once per device
+                peer.post({"op": "artifact", "artifact": ref_header}, [ref_code])
+                peer.has.add(ref_header["hash"])
+                self.stats["device_uploads"] += 1
+                self.stats["device_upload_bytes"] += len(ref_code)
         blobs = []
         if art_hash not in peer.has:  # content addressing: each device gets each hash once
             blobs = [p.code]
             peer.has.add(art_hash)
             self.stats["device_uploads"] += 1
             self.stats["device_upload_bytes"] += len(p.code)
-        peer.post({"op": "job", "job_id": a.job_id, "artifact": p.artifact, "options": p.options}, blobs)
+        job = {"op": "job", "job_id": a.job_id, "artifact": p.artifact, "options": p.options}
+        if p.reference is not None:
+            job["reference"] = p.reference[0]
+        peer.post(job, blobs)
 
     def _to_client(self, client_id: str, header: dict[str, Any]) -> None:
         peer = self.clients.get(client_id)

@@ -58,6 +58,7 @@ class Connection:
         frame_timeout: float = DEFAULT_FRAME_TIMEOUT,
         write_timeout: float = DEFAULT_WRITE_TIMEOUT,
     ) -> None:
+        self.version = 1  # the protocol version the handshake agreed (rpc.auth)
         self.reader = reader
         self.writer = writer
         self.limits = limits  # what we accept; raised after authentication

@@ -67,10 +67,14 @@ def run_one(backend: Any, msg: codec.Message) -> dict[str, Any]:
     try:
         options = RunOptions.from_json(msg.header.get("options") or {})
         artifact = Artifact.from_header(msg.header["artifact"], msg.blobs[0] if msg.blobs else b"")
+        reference = None
+        if msg.header.get("reference") is not None:
+            reference = Artifact.from_header(msg.header["reference"], msg.blobs[1] if len(msg.blobs) > 1 else b"")
     except (LoadError, KeyError, TypeError, ValueError) as e:
         return MeasureResult.error(Outcome.LOAD_ERROR, f"{type(e).__name__}: {e}").to_json()
     try:
-        result = backend.run_job(artifact, options)
+        result = backend.run_job(artifact, options, reference) if reference is not None else \
+            backend.run_job(artifact, options)
     except (LoadError, CompileError) as e:
         result = MeasureResult.error(Outcome.LOAD_ERROR, f"{type(e).__name__}: {e}", flops=artifact.flops)
     except Exception as e:  # the kernel's or backend's failure is this job's result, not ours

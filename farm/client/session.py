@@ -92,16 +92,29 @@ class Session:
             self._targets[key] = target_of(devices[0].get("fingerprint", {}))
         return self._targets[key]
 
-    def _artifact(self, kernel: Any, args: Sequence[Any] | None, key: str) -> Artifact:
+    def _artifact(self, kernel: Any, args: Sequence[Any] | None, key: str,
+                  options: RunOptions) -> tuple[Artifact, Artifact | None]:
+        """The artifact to run and the reference it is checked against (None: a built-in's, known
+        to devices by name, or none). A te kernel gets its naive schedule as the reference."""
+        from farm.client.reference import schedule_reference
+
         if isinstance(kernel, Artifact):
-            return kernel
+            return kernel, None
         if hasattr(kernel, "artifact") and isinstance(kernel.artifact, Artifact):
-            return kernel.artifact  # an already built module
+            art = kernel.artifact  # an already built module
+            if args is None or (art.workload and not art.workload.get("hash")):
+                return art, None
+            ref = schedule_reference(list(args), art, art.target, options)
+            return art.with_reference(ref), ref
         from farm import build
 
         if args is None:
             raise ValueError("measure(schedule, args, key=...) needs the argument tensors")
-        return build(kernel, list(args), target=self.target(key)).artifact
+        target = self.target(key)
+        art = build(kernel, list(args), target=target).artifact
+        # Any te kernel is checked on the device: against the naive schedule of the same compute.
+        ref = schedule_reference(list(args), art, target, options)
+        return art.with_reference(ref), ref
 
     # ---- jobs ----------------------------------------------------------
     def submit(
@@ -114,13 +127,23 @@ class Session:
         priority: int = 0,
         queue_timeout_s: float | None = None,
         strict: bool = False,
+        reference: Artifact | None = None,
         _lease_id: str | None = None,
     ) -> Job:
-        """Queue one measurement (a schedule, a built module or an Artifact) on ``key``."""
-        art = self._artifact(kernel, args, key)
+        """Queue one measurement (a schedule, a built module or an Artifact) on ``key``.
+
+        A schedule (or a module built from one, with ``args``) is checked on the device against
+        the naive schedule of its compute. ``reference``: for an Artifact that names one
+        (``Artifact.with_reference``), the reference artifact itself, uploaded once."""
+        opts = options or RunOptions()
+        art, ref = self._artifact(kernel, args, key, opts)
+        ref = ref or reference
+        if art.reference is not None and (ref is None or ref.hash != art.reference["hash"]):
+            raise ValueError("the artifact names a reference: pass that artifact as reference=")
         job_id = self.client.submit(
-            art.header(), art.code, key, (options or RunOptions()).to_json(),
+            art.header(), art.code, key, opts.to_json(),
             priority=priority, queue_timeout_s=queue_timeout_s, lease_id=_lease_id,
+            reference=(ref.header(), ref.code) if ref is not None and art.reference is not None else None,
         )
         return Job(self, job_id, strict)
 

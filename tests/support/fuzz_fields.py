@@ -56,7 +56,8 @@ BASELINES: dict[str, dict[str, dict[str, Any]]] = {
     "client->tracker": {
         "ping": {"rid": 1}, "has": {"rid": 1, "hashes": [HASH]},
         "submit": {"rid": 1, "key": "fuzz-nodev", "artifact": _artifact(), "options": dict(_OPTIONS), "priority": 0,
-                   "queue_timeout_s": 1.0, "lease_id": "lease1"},
+                   "queue_timeout_s": 1.0, "lease_id": "lease1", "reference": _artifact()},
+        "put": {"rid": 1, "artifact": _artifact()},
         "lease": {"rid": 1, "key": "fuzz-nodev", "queue_timeout_s": 0.5, "priority": 0},
         "release": {"rid": 1, "lease_id": "lease1"}, "summary": {"rid": 1}, "describe": {"rid": 1, "key": "k"},
         "log_append": {"rid": 1, "records": [copy.deepcopy(_RECORD)]},
@@ -75,14 +76,15 @@ BASELINES: dict[str, dict[str, dict[str, Any]]] = {
         "need_artifact": {"job_id": "job1-x", "hash": HASH}, "error": {"job_id": "job1-x", "error": dict(_ERROR)},
     },
     "replies": {
-        "ping": {}, "has": {"has": [HASH]}, "submit": {"job_id": "job1-x"},
+        "ping": {}, "has": {"has": [HASH]}, "submit": {"job_id": "job1-x"}, "put": {},
         "lease": {"lease_id": "lease1-x", "device": {}}, "release": {}, "summary": {"summary": {}},
         "describe": {"devices": [{"name": "d", "fingerprint": {}}]}, "log_append": {"appended": 1, "total": 2},
         "log_query": {"records": [], "history": {}, "indices": [1]},
     },
     "tracker->device": {
         "registered": {"device_id": "dev1-x", "heartbeat_s": 1.0}, "heartbeat_ack": {},
-        "job": {"job_id": "job1-x", "artifact": _artifact(), "options": dict(_OPTIONS)},
+        "job": {"job_id": "job1-x", "artifact": _artifact(), "options": dict(_OPTIONS), "reference": _artifact()},
+        "artifact": {"artifact": _artifact()},
         "error": {"error": dict(_ERROR)},
     },
     "handshake": {
