@@ -51,6 +51,7 @@ class DeviceServer:
         load_grace_s: float = 10.0,
         cache_bytes: int = 256 << 20,
         handshake_timeout: float = auth.HANDSHAKE_TIMEOUT,
+        protocol_versions: tuple[int, ...] = codec.PROTOCOL_VERSIONS,
     ) -> None:
         if not token:
             raise ValueError("the device server needs a non-empty token")
@@ -66,6 +67,7 @@ class DeviceServer:
         self.backoff_cap = backoff_cap
         self.load_grace_s = fields.check(fields.Num(0, fields.MAX_RUN_S), load_grace_s, "load_grace_s")
         self.handshake_timeout = fields.check(fields.Num(0.1, 3600), handshake_timeout, "handshake_timeout")
+        self.protocol_versions = tuple(protocol_versions)  # what this server offers (older ones: tests)
         self.store = ArtifactStore(cache_bytes)
         self.pool = WorkerPool(kind, capacity)
         self.registrations = 0
@@ -106,7 +108,7 @@ class DeviceServer:
         # bytes costs one budget (then backoff and a new dial), not a frame deadline per message.
         deadline = asyncio.get_running_loop().time() + self.handshake_timeout
         conn = await auth.dial_address(self.host, self.port, self._token, "device", ssl_context=self.ssl_context,
-                                       timeout=self.handshake_timeout)
+                                       timeout=self.handshake_timeout, versions=self.protocol_versions)
         try:
             try:
                 async with asyncio.timeout_at(deadline):
