@@ -84,3 +84,69 @@ def test_campaign_builds_on_both_nodes(two_node_cluster, tmp_path: Path) -> None
         "RUN_TIMEOUT",
     }
     assert all(t["best_gflops"] > 0 for t in summary["tasks"])
+
+
+USER_KERNEL = '''
+from farm import te, template
+
+
+@template("ray_shipped_scale")
+def ray_shipped_scale(cfg, n, m):
+    A = te.placeholder((n, m), name="A")
+    B = te.compute((n, m), lambda i, j: A[i, j] * 1.75 + 0.5, name="B")
+    s = te.create_schedule(B.op)
+    cfg.define_knob("vec", [0, 1])
+    cfg.define_knob("par", [0, 1])
+    cfg.define_split("tile", m, num_outputs=2, candidates=[[1, 2, 4, 8, 16]])
+    jo, ji = cfg["tile"].apply(s, B, B.op.axis[1])
+    if cfg["vec"].val:
+        s[B].vectorize(ji)
+    if cfg["par"].val:
+        s[B].parallel(B.op.axis[0])
+    return s, [A, B]
+'''
+
+DRIVER = '''
+import json, shutil, sys
+from farm.campaign.builds import init_ray
+from farm.campaign.config import load_campaign
+from farm.campaign.driver import CampaignRunner
+from farm.campaign.embedded import EmbeddedFarm
+from farm.client.session import connect
+from farm.workloads.loader import kernel_dirs
+
+spec = load_campaign(sys.argv[1])
+dirs = kernel_dirs(w.workload for w in spec.workloads if w.workload is not None)
+assert dirs, "the campaign's kernel was not loaded from its file"
+init_ray(sys.argv[2], None, dirs)
+for d in dirs:  # gone from the disk: a build worker on either node can only use Ray's copy
+    shutil.rmtree(d)
+with EmbeddedFarm() as farm, connect(farm.address, token=farm.token) as session:
+    result = CampaignRunner(spec, session, exclusive_timing=True).run()
+print(json.dumps(result.to_json()))
+'''
+
+
+def test_user_template_reaches_workers_through_ray(two_node_cluster, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The driver loads a user template, then deletes its file: builds on both nodes still work,
+    because Ray's runtime_env (py_modules) shipped the kernel's directory."""
+    address, env = two_node_cluster
+    kdir = tmp_path / "userkernels"
+    kdir.mkdir()
+    (kdir / "scale.py").write_text(USER_KERNEL)
+    log = tmp_path / "user.jsonl"
+    (tmp_path / "user.yaml").write_text(
+        f"name: user\nlog: {log}\ntuner: random\ntrials: 10\nbatch_size: 4\n"
+        "timing: {repeat: 1, min_repeat_ms: 2, timeout_s: 10}\n"
+        "workloads:\n  - {template: userkernels/scale.py:ray_shipped_scale, shape: [64, 200]}\n")
+    r = subprocess.run([sys.executable, "-c", DRIVER, str(tmp_path / "user.yaml"), address], env=env, cwd=ROOT,
+                       capture_output=True, text=True, timeout=900, stdin=subprocess.DEVNULL)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert not kdir.exists()
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert len(summary["build_nodes"]) == 2, f"builds should land on both nodes: {summary['build_nodes']}"
+    (task,) = summary["tasks"]
+    assert task["ok"] and task["trials"] == 10 and task["checked"] == 10, task
+    recs = [json.loads(x) for x in log.read_text().splitlines()]
+    assert len(recs) == 10 and all(x["result"]["outcome"] == "OK" and x["result"]["checked"] for x in recs)
+    assert all(x["workload"]["hash"] == recs[0]["workload"]["hash"] != "" for x in recs)
