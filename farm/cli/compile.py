@@ -20,7 +20,9 @@ def register(sub: Any) -> None:
     p.add_argument("--asm", action="store_true", help="print the target assembly instead")
     p.set_defaults(func=cmd_show)
 
-    p = sub.add_parser("workloads", help="list registered workloads and their config spaces")
+    p = sub.add_parser("workloads", help="list registered workloads (or your kernels) and their config spaces")
+    p.add_argument("kernels", nargs="*", metavar="KERNEL", help="your kernels as FILE.py:function (default: built-ins)")
+    p.add_argument("--shape", type=shape_text, help="shape to size your kernels' spaces with")
     p.add_argument("--target", default=DEFAULT_TARGET)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_workloads)
@@ -35,7 +37,8 @@ def register(sub: Any) -> None:
 
 
 def _workload_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("workload", help="registered workload name (see `farm workloads`)")
+    p.add_argument("workload", help="a registered workload (see `farm workloads`), or your kernel as "
+                                    "FILE.py:function or module:function")
     p.add_argument("--shape", required=True, type=shape_text, help="comma-separated shape values, e.g. 512,512,512")
     p.add_argument("--config", default="default", help="JSON config, an index, 'default' or 'best'")
     p.add_argument("--target", default=DEFAULT_TARGET, help="target string, e.g. 'llvm -mtriple=aarch64-linux-gnu'")
@@ -43,19 +46,20 @@ def _workload_args(p: argparse.ArgumentParser) -> None:
 
 def resolve(args: argparse.Namespace) -> tuple[Any, tuple[int, ...], Any, Any]:
     from farm.target import Target
-    from farm.workloads.registry import get_workload, parse_shape, resolve_config
+    from farm.workloads.loader import load_kernel
+    from farm.workloads.registry import parse_shape, resolve_config
 
-    wl = get_workload(args.workload)
+    wl = load_kernel(args.workload)
     shape = wl.check_args(parse_shape(args.shape))
     tgt = Target.parse(args.target)
     space = wl.space(shape, tgt)
     config: Any = args.config
     if config == "best":
-        config = _best_from_log(args, wl.name, shape)
+        config = _best_from_log(args, wl.name, shape, wl.compute_hash(shape, tgt))
     return wl, shape, tgt, resolve_config(space, config)
 
 
-def _best_from_log(args: argparse.Namespace, name: str, shape: tuple[int, ...]) -> Any:
+def _best_from_log(args: argparse.Namespace, name: str, shape: tuple[int, ...], wl_hash: str = "") -> Any:
     from farm.errors import ConfigError
     from farm.log import best as best_of
     from farm.log import load_log
@@ -63,7 +67,7 @@ def _best_from_log(args: argparse.Namespace, name: str, shape: tuple[int, ...]) 
     if not getattr(args, "log", None):
         raise UsageError("--config best needs --log LOG")
     recs = load_log(existing_file(args.log)).records
-    best = best_of(recs, workload=name, device=getattr(args, "device", None), args=list(shape))
+    best = best_of(recs, workload=name, device=getattr(args, "device", None), args=list(shape), workload_hash=wl_hash)
     if best is None:
         raise ConfigError(f"{args.log}: no successful record of {name} {list(shape)}"
                           + (f" on {args.device}" if getattr(args, "device", None) else ""))
@@ -90,34 +94,40 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_workloads(args: argparse.Namespace) -> int:
     from farm.target import Target
-    from farm.workloads.registry import list_workloads
+    from farm.workloads.loader import load_kernel
+    from farm.workloads.registry import list_workloads, parse_shape
 
     tgt = Target.parse(args.target)
     rows = []
-    for wl in list_workloads():
-        rows.append({"name": wl.name, "params": list(wl.params), "example": list(wl.example),
-                     "space_size": len(wl.space(wl.example, tgt)), "doc": wl.doc})
+    for wl in [load_kernel(k) for k in args.kernels] or list_workloads():
+        shape = wl.check_args(parse_shape(args.shape)) if args.shape else wl.example
+        rows.append({"name": wl.name, "kind": wl.kind, "params": list(wl.params), "example": list(shape),
+                     "space_size": len(wl.space(shape, tgt)) if shape else None, "doc": wl.doc,
+                     "hash": wl.compute_hash(shape, tgt) if shape else "", "source": wl.source})
     if args.json:
         print(json.dumps(rows))
         return 0
     print(f"{'workload':<18} {'shape params':<28} {'example':<26} {'configs':>9}  description")
     for r in rows:
+        size = r["space_size"] if r["space_size"] is not None else "(--shape)"
         print(f"{r['name']:<18} {','.join(r['params']):<28} {','.join(map(str, r['example'])):<26} "
-              f"{r['space_size']:>9}  {r['doc']}")
+              f"{size:>9}  {r['doc']}")
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from devices.cpu import CpuBackend
+    from farm.client.reference import workload_reference
     from farm.records.measure import RunOptions
     from farm.workloads.registry import build_workload
 
     wl, shape, tgt, cfg = resolve(args)
     if not tgt.runs_on_host():
         raise UsageError(f"target {tgt} does not run here; use `farm measure --tracker ...`")
-    mod = build_workload(wl.name, shape, cfg, tgt)
-    res = CpuBackend("local").run_job(mod.artifact, RunOptions(repeat=args.repeat, min_repeat_ms=args.min_repeat_ms,
-                                                                num_threads=args.threads))
+    mod = build_workload(wl, shape, cfg, tgt)
+    options = RunOptions(repeat=args.repeat, min_repeat_ms=args.min_repeat_ms, num_threads=args.threads)
+    ref = workload_reference(wl, shape, mod.artifact, tgt, options)  # a user kernel's check (None: built-in)
+    res = CpuBackend("local").run_job(mod.artifact.with_reference(ref), options, ref)
     out = {"workload": wl.name, "shape": list(shape), "config": cfg.to_json(), "outcome": res.outcome.value,
            "median_s": res.median_s if res.ok else None, "gflops": res.gflops, "build_s": mod.build_s,
            "checked": res.checked, "message": res.message}

@@ -60,10 +60,12 @@ class ExportResult:
 
 
 def select_record(records: Sequence[LogRecord], workload: str, device: str | None = None,
-                  shape: Sequence[int] | None = None, source: str = "log") -> LogRecord:
-    """The best record of one task. Refuses to guess between devices or shapes:
-    their kernels are different objects, so the caller must name one."""
-    pool = [r for r in records if r.ok and r.gflops > 0 and matches(r, workload=workload, device=device, args=shape)]
+                  shape: Sequence[int] | None = None, source: str = "log",
+                  workload_hash: str | None = None) -> LogRecord:
+    """The best record of one task. Refuses to guess between devices, shapes or two kernels of
+    one name: their kernels are different objects, so the caller must name one."""
+    pool = [r for r in records if r.ok and r.costs and
+            matches(r, workload=workload, device=device, args=shape, workload_hash=workload_hash)]
     if not pool:
         seen = sorted({r.workload_id + " on " + r.device_key for r in records if r.ok})
         what = workload + (f" shape {list(shape)}" if shape else "") + (f" on {device}" if device else "")
@@ -73,6 +75,11 @@ def select_record(records: Sequence[LogRecord], workload: str, device: str | Non
     if len(devices) > 1:
         raise ExportError(f"{source}: {workload} was measured on several devices ({', '.join(devices)}); "
                           "pick one with --device")
+    hashes = sorted({r.workload_hash for r in pool})
+    if len(hashes) > 1:
+        named = ", ".join(h or "built-in" for h in hashes)
+        raise ExportError(f"{source}: several kernels are named {workload} ({named}); "
+                          "name one as FILE.py:function or name@hash")
     shapes = sorted({r.args for r in pool})
     if len(shapes) > 1:
         listed = ", ".join(",".join(map(str, s)) for s in shapes)
@@ -82,18 +89,27 @@ def select_record(records: Sequence[LogRecord], workload: str, device: str | Non
     return top
 
 
-def rebuild(record: LogRecord) -> Any:
-    """Compile the record's config for the record's target; returns a farm.build Module."""
+def rebuild(record: LogRecord, workload: Any = None) -> Any:
+    """Compile the record's config for the record's target; returns a farm.build Module.
+    ``workload``: the user kernel's Workload (a built-in is found by the record's name)."""
     from farm.workloads.registry import build_workload
 
     if "-mcpu=native" in record.target.split():
         # "native" means the machine running this, not the device that measured.
         log.warning("record target %r names -mcpu=native: rebuilding for this host's CPU", record.target)
-    return build_workload(record.workload, record.args, record.config, record.target)
+    if record.workload_hash and workload is None:
+        raise ExportError(f"{record.workload_label} is a user kernel: name it as FILE.py:function to rebuild it")
+    wl = workload if workload is not None else record.workload
+    mod = build_workload(wl, record.args, record.config, record.target)
+    if record.workload_hash and mod.artifact.workload and mod.artifact.workload.get("hash") != record.workload_hash:
+        raise ExportError(f"{workload.label}: its compute changed since the record was measured "
+                          f"(hash {mod.artifact.workload.get('hash')} now, {record.workload_hash} then)")
+    return mod
 
 
-def check_on_host(artifact: Artifact, seed: int = 0, rtol: float = 1e-4) -> bool:
-    """Run the kernel here against the workload reference; False if it cannot run here.
+def check_on_host(artifact: Artifact, seed: int = 0, rtol: float = 1e-4, workload: Any = None) -> bool:
+    """Run the kernel here against the workload reference (a user kernel's: its reference= or
+    naive schedule); False if it cannot run here.
     Raises ExportError on a wrong answer: exporting it would ship a broken kernel."""
     from devices.check import builtin_outputs
     from farm.runtime.buffers import compare, seeded_inputs
@@ -103,7 +119,11 @@ def check_on_host(artifact: Artifact, seed: int = 0, rtol: float = 1e-4) -> bool
     if artifact.kind != "object" or not Target.parse(artifact.target).runs_on_host():
         return False
     arrays = seeded_inputs(artifact.args, seed)
-    want = builtin_outputs(artifact, arrays)
+    if workload is not None and not workload.builtin:
+        ins = [a for a, s in zip(arrays, artifact.args) if s.role == "in"]
+        want = workload.reference(artifact.workload["args"], ins)
+    else:
+        want = builtin_outputs(artifact, arrays)
     if want is None:
         return False
     LoadedKernel(artifact)(*arrays)
@@ -120,7 +140,8 @@ def metadata(artifact: Artifact, record: LogRecord, log_path: str = "") -> dict[
     return {
         "format": EXPORT_FORMAT,
         "version": EXPORT_VERSION,
-        "workload": {"name": record.workload, "args": list(record.args), "dtype": record.dtype},
+        "workload": {"name": record.workload, "args": list(record.args), "dtype": record.dtype,
+                     **({"hash": record.workload_hash} if record.workload_hash else {})},
         "device_key": record.device_key,
         "config": record.config,
         "gflops": record.gflops,
@@ -229,12 +250,22 @@ def write_export(out_dir: str | os.PathLike[str], artifact: Artifact, record: Lo
 def export_best(log_path: str | os.PathLike[str], workload: str, out_dir: str | os.PathLike[str],
                 device: str | None = None, shape: Sequence[int] | None = None, check: bool = True,
                 force: bool = False) -> ExportResult:
-    """Find the best record of a task in ``log_path``, rebuild it, check it, write it out."""
+    """Find the best record of a task in ``log_path``, rebuild it, check it, write it out.
+    ``workload``: a name, ``name@hash``, or a user kernel as FILE.py:function / module:function."""
     records = load_log(log_path).records
-    record = select_record(records, workload, device, shape, source=str(log_path))
-    log.info("exporting %s on %s: config %d, %.2f GFLOPS", record.workload_id, record.device_key,
+    wl = None
+    wl_hash = None
+    if ":" in workload:
+        from farm.workloads.loader import load_kernel
+
+        wl = load_kernel(workload)
+        workload = wl.name
+        if shape is not None:
+            wl_hash = wl.compute_hash(shape)
+    record = select_record(records, workload, device, shape, source=str(log_path), workload_hash=wl_hash)
+    log.info("exporting %s on %s: config %d, %.2f GFLOPS", record.workload_label, record.device_key,
              record.config_index, record.gflops)
-    art = rebuild(record).artifact
-    checked = check_on_host(art) if check else False
+    art = rebuild(record, wl).artifact
+    checked = check_on_host(art, workload=wl) if check else False
     files = write_export(out_dir, art, record, str(log_path), force=force)
     return ExportResult(Path(out_dir), record, art, files, checked)

@@ -308,16 +308,52 @@ class ExprCodegen:
             tv, fv = self._splat(tv, cond.type.count), self._splat(fv, cond.type.count)
         return self.b.select(cond, tv, fv)
 
+    def _exp(self, x: ir.Value) -> ir.Value:
+        """exp of a float32 scalar or vector inline, so it vectorizes: LLVM lowers llvm.exp of a
+        vector to one libm call per lane (a row softmax spent most of its time there)."""
+        t = x.type
+        scal = t.element if isinstance(t, ir.VectorType) else t
+        if scal != ir.FloatType():
+            return self.b.call(self._intrinsic("llvm.exp", t, [t], [t]), [x], fastmath=FAST)
+        b = self.b
+
+        def c(v: float) -> ir.Value:
+            return ir.Constant(t, [ir.Constant(scal, v)] * t.count) if isinstance(t, ir.VectorType) \
+                else ir.Constant(t, v)
+
+        lo, hi = c(_EXP_LO), c(_EXP_HI)
+        over = b.fcmp_ordered(">", x, hi)
+        x = b.select(b.fcmp_ordered("<", x, lo), lo, x)
+        x = b.select(over, hi, x)
+        n = b.call(self._intrinsic("llvm.floor", t, [t], [t]),
+                   [b.fadd(b.fmul(x, c(_LOG2E), flags=FAST), c(0.5), flags=FAST)])
+        r = b.fsub(x, b.fmul(n, c(_LN2_HI)))  # exact: the high part of ln 2 has few bits
+        r = b.fsub(r, b.fmul(n, c(_LN2_LO), flags=FAST), flags=FAST)
+        p = c(_EXP_P[0])
+        for coef in _EXP_P[1:]:
+            p = b.fadd(b.fmul(p, r, flags=FAST), c(coef), flags=FAST)
+        p = b.fadd(b.fadd(b.fmul(b.fmul(p, r, flags=FAST), r, flags=FAST), r, flags=FAST), c(1.0), flags=FAST)
+        p = b.fmul(p, c(2.0), flags=FAST)
+        it = ir.VectorType(I32, t.count) if isinstance(t, ir.VectorType) else I32
+
+        def ci(v: int) -> ir.Value:
+            return ir.Constant(it, [I32(v)] * t.count) if isinstance(t, ir.VectorType) else I32(v)
+
+        bits = b.shl(b.add(b.fptosi(n, it), ci(126)), ci(23))
+        return b.select(over, c(float("inf")), b.fmul(p, b.bitcast(bits, t)))
+
     def call(self, e: Call) -> ir.Value:
         x = self.expr(e.args[0])
         t = x.type
         if e.func == "sigmoid":
             one = ir.Constant(t, 1.0) if not isinstance(t, ir.VectorType) else self._splat(t.element(1.0), t.count)
-            ex = self.b.call(self._intrinsic("llvm.exp", t, [t], [t]), [self.b.fneg(x, flags=FAST)])
+            ex = self._exp(self.b.fneg(x, flags=FAST))
             return self.b.fdiv(one, self.b.fadd(one, ex, flags=FAST), flags=FAST)
+        if e.func == "exp":
+            return self._exp(x)
         if e.func == "abs" and not is_float(e.dtype):
             return self.b.select(self.b.icmp_signed("<", x, ir.Constant(t, 0)), self.b.neg(x), x)
-        name = {"exp": "llvm.exp", "sqrt": "llvm.sqrt", "log": "llvm.log", "abs": "llvm.fabs",
+        name = {"sqrt": "llvm.sqrt", "log": "llvm.log", "abs": "llvm.fabs",
                 "floor": "llvm.floor", "ceil": "llvm.ceil"}.get(e.func)
         if name is not None:
             return self.b.call(self._intrinsic(name, t, [t], [t]), [x], fastmath=FAST)
@@ -334,6 +370,15 @@ class ExprCodegen:
                 out = self.b.insert_element(out, self.b.call(fn, [self.b.extract_element(x, I32(n))]), I32(n))
             return out
         raise CompileError(f"function {e.func} is not supported")
+
+
+# exp(x) = 2^n * p(r) for float32: n = round(x / ln 2), r = x - n ln 2 in two parts (Cody-Waite),
+# p a degree-7 polynomial (Cephes' expf coefficients); error about 1 ulp over the float range.
+# The scale is built as 2^(n-1), times 2 in p: n may reach 128 (exp(88.72) ~ FLT_MAX); below -86.64 the
+# result is clamped to exp(-86.64) ~ 2e-38 (an absolute error no float32 comparison sees).
+_EXP_LO, _EXP_HI = -86.64, 88.7228
+_LOG2E, _LN2_HI, _LN2_LO = 1.44269504088896341, 0.693359375, -2.12194440e-4
+_EXP_P = (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1)
 
 
 def _mangle(t: ir.Type) -> str:
