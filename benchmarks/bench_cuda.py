@@ -170,7 +170,10 @@ def main(argv: list[str] | None = None) -> int:
         if th is not None:
             row["torch_gflops"] = th
         rows.append(row)
-        fmt = lambda v: f"{v:8.0f}" if v is not None else f"{'-':>8}"
+
+        def fmt(v: float | None) -> str:
+            return f"{v:8.0f}" if v is not None else f"{'-':>8}"
+
         say(f"{n:>6} {row['farm_gflops']:12.0f} {fmt(cp)} {fmt(th)}  {farm['best'].get('config')}")
     print(json.dumps({"device": fp, "rows": rows}))
     return 0

@@ -11,7 +11,7 @@ from farm.compiler.lowering import lower
 from farm.errors import ArgumentError, CompileError
 from farm.records.artifact import ArgSpec, Artifact
 from farm.target import Target
-from farm.te.expr import Reduce
+from farm.te.graph import graph_flops
 from farm.te.schedule import Schedule
 from farm.te.tensor import PlaceholderOp, Tensor
 
@@ -19,22 +19,9 @@ log = logging.getLogger(__name__)
 
 
 def count_flops(sch: Schedule) -> float:
-    """Multiply-adds of every reduction count 2; elementwise stages count 0 (TVM's convention)."""
-    total = 0.0
-    seen: set[int] = set()
-    stack = [op for op in sch.outputs]
-    while stack:
-        o = stack.pop()
-        if id(o) in seen or isinstance(o, PlaceholderOp):
-            continue
-        seen.add(id(o))
-        if isinstance(o.body, Reduce):
-            n = 1
-            for a in o.axis + o.reduce_axis:
-                n *= a.extent
-            total += 2.0 * n
-        stack.extend(t.op for t in o.input_tensors)
-    return total
+    """Arithmetic of every compute stage of the schedule's graph, reductions and elementwise alike
+    (a multiply-add counts 2, as TVM does; see farm.te.graph.op_flops)."""
+    return graph_flops(sch.outputs)
 
 
 class Module:

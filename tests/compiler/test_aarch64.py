@@ -9,7 +9,8 @@ import pytest
 from farm.workloads.registry import build_workload, get_workload
 
 ARM = "llvm -mtriple=aarch64-linux-gnu -mcpu=generic -mattr=+neon"
-TILED = '{"knobs": {"tile_i": [-1, 2, 4], "tile_j": [-1, 1, 8], "tile_k": [-1, 4], "unroll": 2, "pack_b": 1, "parallel": 2}}'
+TILED = ('{"knobs": {"tile_i": [-1, 2, 4], "tile_j": [-1, 1, 8], '
+         '"tile_k": [-1, 4], "unroll": 2, "pack_b": 1, "parallel": 2}}')
 
 
 @pytest.mark.parametrize("name", ["matmul", "dense_bias_relu", "batch_matmul", "conv2d", "depthwise_conv2d"])

@@ -44,7 +44,8 @@ def test_random_configs_pass_ptxas(name: str, shape: tuple[int, ...], arch: str,
 def test_tuned_matmul_ptx_uses_shared_vectors_and_barriers(ptxas: Any, tmp_path: Path) -> None:
     from farm.workloads.registry import build_workload
 
-    cfg = '{"knobs": {"tile_i": [-1, 16, 8], "tile_j": [-1, 16, 8], "tile_k": [-1, 8], "stage_a": 1, "stage_b": 1, "vec": 4, "unroll": 1}}'
+    cfg = ('{"knobs": {"tile_i": [-1, 16, 8], "tile_j": [-1, 16, 8], '
+           '"tile_k": [-1, 8], "stage_a": 1, "stage_b": 1, "vec": 4, "unroll": 1}}')
     art = build_workload("matmul", (1024, 1024, 1024), cfg, "cuda -arch=sm_80").artifact
     ptx = art.code.decode()
     assert art.meta == {"grid": [8, 8, 1], "block": [16, 16, 1], "shared_bytes": 8192}

@@ -57,7 +57,8 @@ def test_random_configs_correct_in_simulator(name: str, shape: tuple[int, ...], 
 def test_simulator_catches_missing_barriers(monkeypatch: pytest.MonkeyPatch) -> None:
     import farm.compiler.codegen.gpu_sim as gs
 
-    cfg = '{"knobs": {"tile_i": [-1, 4, 2], "tile_j": [-1, 4, 2], "tile_k": [-1, 4], "stage_a": 1, "stage_b": 1, "vec": 1, "unroll": 1}}'
+    cfg = ('{"knobs": {"tile_i": [-1, 4, 2], "tile_j": [-1, 4, 2], '
+           '"tile_k": [-1, 4], "stage_a": 1, "stage_b": 1, "vec": 1, "unroll": 1}}')
     assert _run_sim("matmul", (16, 16, 16), cfg) is None
     real = gs.barrier_plan
     for broken in (lambda f, loop: (set(), set()), lambda f, loop: (set(), real(f, loop)[1]),
