@@ -50,7 +50,7 @@ def test_quickstart_campaign_small_budget(tmp_path: Path) -> None:
     before = our_servers()
     r = farm("tune", str(QUICKSTART), "--trials", "6", "--log", str(log), "--json", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "best GFLOPS" in r.stdout and "speedup" in r.stdout, r.stdout
+    assert "best ms" in r.stdout and "GFLOPS" in r.stdout and "speedup" in r.stdout, r.stdout
     summary = json.loads(r.stdout.strip().splitlines()[-1])
     assert {t["workload"] for t in summary["tasks"]} == {"matmul", "conv2d"}
     for t in summary["tasks"]:
