@@ -39,6 +39,14 @@ T = TypeVar("T")
 MAX_OUTAGE_S = 300.0
 
 
+def _is_id(v: object) -> bool:
+    try:
+        fields.check(fields.ID, v, "job_id")
+    except BadRequest:
+        return False
+    return True
+
+
 class AsyncClient:
     """One authenticated connection to a tracker. Create with ``AsyncClient.connect``."""
 
@@ -102,7 +110,7 @@ class AsyncClient:
                     continue
                 if msg.op in ("reply", "error"):
                     fut = self._calls.pop(h["rid"], None) if h.get("rid") is not None else None
-                    if isinstance(h.get("job_id"), str) and msg.op == "reply":
+                    if msg.op == "reply" and _is_id(h.get("job_id")):
                         self._jobs.setdefault(h["job_id"], loop.create_future())
                     if fut is not None and not fut.done():
                         if msg.op == "reply":
@@ -126,6 +134,7 @@ class AsyncClient:
         for fut in [*self._calls.values(), *self._jobs.values()]:
             if not fut.done():
                 fut.set_exception(ConnectionLost(f"tracker connection lost: {err}"))
+                fut.exception()  # read: a job nobody waits for is no "exception never retrieved"
         self.conn.abort()
 
     async def call(

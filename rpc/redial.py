@@ -233,6 +233,7 @@ class RedialClient:
             return
         if isinstance(outcome, BaseException):
             t.future.set_exception(_again(outcome) if isinstance(outcome, RpcError) else outcome)
+            t.future.exception()  # read: a job whose result nobody asked for is not an asyncio error
         else:
             t.future.set_result(outcome)
 

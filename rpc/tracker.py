@@ -21,12 +21,12 @@ import secrets
 import ssl
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from rpc import auth, codec, fields
 from rpc.artifacts import ArtifactStore, checked_hash
 from rpc.errors import ArtifactMissing, BadRequest, ConnectionLost, NoSuchLease, ProtocolError, RpcError, to_wire
+from rpc.peer import Payload, Peer
 from rpc.queue import (
     Action,
     Dispatch,
@@ -46,36 +46,6 @@ log = logging.getLogger(__name__)
 # The device's hard timeout covers load + run; the tracker allows this much more
 # (transfer, child restart) before it calls the device wedged.
 RUN_GRACE_S = 60.0
-
-
-@dataclass(eq=False)
-class _Peer:
-    conn: Connection
-    outbox: asyncio.Queue[tuple[dict[str, Any], list[bytes]]] = field(default_factory=asyncio.Queue)
-    has: set[str] = field(default_factory=set)  # devices: artifact hashes it holds
-    version: int = 1  # the protocol version its handshake agreed
-
-    def post(self, header: dict[str, Any], blobs: list[bytes] | None = None) -> None:
-        self.outbox.put_nowait((header, blobs or []))
-
-    async def writer(self) -> None:
-        try:
-            while True:
-                header, blobs = await self.outbox.get()
-                await self.conn.send(header, blobs)
-        except RpcError as e:  # peer gone, or a message we could not frame
-            log.info("writer to %s stopped: %s", self.conn.peer, e)
-            self.conn.abort()
-
-
-@dataclass(frozen=True)
-class _Payload:
-    """What the tracker must send a device to run one job."""
-
-    artifact: dict[str, Any]
-    code: bytes
-    options: dict[str, Any]
-    reference: tuple[dict[str, Any], bytes] | None = None  # the check the artifact names (protocol 2)
 
 
 class Tracker:
@@ -108,10 +78,12 @@ class Tracker:
         # new one are different ids, so a stale id can never match a new job or lease.
         self.instance = secrets.token_hex(4)
         self._refusals = PerPeerLog(log)
+        self._conns: set[Connection] = set()
+        self._conn_tasks: set[asyncio.Task[Any]] = set()
         self.store = ArtifactStore(artifact_cache_bytes)
-        self.devices: dict[str, _Peer] = {}
-        self.clients: dict[str, _Peer] = {}
-        self.payloads: dict[str, _Payload] = {}
+        self.devices: dict[str, Peer] = {}
+        self.clients: dict[str, Peer] = {}
+        self.payloads: dict[str, Payload] = {}
         self.ref_headers: dict[str, dict[str, Any]] = {}  # headers of put artifacts, by hash
         self.lease_rids: dict[str, tuple[str, Any]] = {}  # lease id -> (client id, rid) until granted
         self.stats = {"jobs_submitted": 0, "client_uploads": 0, "client_upload_bytes": 0, "device_uploads": 0,
@@ -119,13 +91,13 @@ class Tracker:
         self._ids = itertools.count(1)
         self._server: asyncio.Server | None = None
         self._ticker: asyncio.Task[None] | None = None
-        self._device_ops: dict[str, Callable[[str, _Peer, codec.Message], None]] = {
+        self._device_ops: dict[str, Callable[[str, Peer, codec.Message], None]] = {
             "heartbeat": self._on_heartbeat,
             "result": self._on_result,
             "need_artifact": self._on_need_artifact,
             "error": self._on_refused,
         }
-        self._client_ops: dict[str, Callable[[str, _Peer, codec.Message], Awaitable[dict[str, Any] | None]]] = {
+        self._client_ops: dict[str, Callable[[str, Peer, codec.Message], Awaitable[dict[str, Any] | None]]] = {
             "ping": self._op_ping,
             "has": self._op_has,
             "put": self._op_put,
@@ -157,8 +129,10 @@ class Tracker:
             self._ticker.cancel()
         if self._server:
             self._server.close()
-        for peer in [*self.devices.values(), *self.clients.values()]:
-            peer.conn.abort()
+        for conn in self._conns:  # peers, and strangers still in their handshake
+            conn.abort()
+        if self._conn_tasks:  # let each connection's task see its abort and end before the loop does
+            await asyncio.wait(self._conn_tasks, timeout=2.0)
         if self._server:
             await self._server.wait_closed()
         if self.log_service is not None:
@@ -178,6 +152,17 @@ class Tracker:
         return f"{kind}{next(self._ids)}-{self.instance}"
 
     async def _on_connection(self, conn: Connection) -> None:
+        task = asyncio.current_task()
+        self._conns.add(conn)
+        if task is not None:
+            self._conn_tasks.add(task)
+        try:
+            await self._greet(conn)
+        finally:
+            self._conns.discard(conn)
+            self._conn_tasks.discard(task)  # type: ignore[arg-type]
+
+    async def _greet(self, conn: Connection) -> None:
         register: codec.Message | None = None
         try:
             # One budget for the whole greeting: the handshake and, for a device, its register.
@@ -191,7 +176,7 @@ class Tracker:
             why = f"no handshake within {self.handshake_timeout:.1f}s" if isinstance(e, TimeoutError) else str(e)
             self._refusals.warning(conn.peer, "refused %s: %s", conn.peer, why)
             return
-        peer = _Peer(conn, version=version)
+        peer = Peer(conn, version=version)
         writer = asyncio.create_task(peer.writer())
         try:
             if register is not None:
@@ -201,7 +186,7 @@ class Tracker:
         finally:
             writer.cancel()
 
-    async def _serve_device(self, peer: _Peer, msg: codec.Message) -> None:
+    async def _serve_device(self, peer: Peer, msg: codec.Message) -> None:
         if msg.op != "register":
             raise ProtocolError(f"a device must send 'register' first, not {msg.op!r:.40}")
         try:
@@ -244,7 +229,7 @@ class Tracker:
             log.info("device %s gone: %s", device_id, reason)
             self._apply(self.queue.remove_device(device_id, time.monotonic(), reason))
 
-    async def _serve_client(self, peer: _Peer) -> None:
+    async def _serve_client(self, peer: Peer) -> None:
         client_id = self._new_id("cl")
         self.clients[client_id] = peer
         try:
@@ -273,14 +258,14 @@ class Tracker:
             self._apply(self.queue.client_gone(client_id, time.monotonic()))
 
     # ---- device ops ----------------------------------------------------
-    def _on_heartbeat(self, device_id: str, peer: _Peer, msg: codec.Message) -> None:
+    def _on_heartbeat(self, device_id: str, peer: Peer, msg: codec.Message) -> None:
         self.queue.heartbeat(device_id, time.monotonic())
         peer.post({"op": "heartbeat_ack"})
 
-    def _on_result(self, device_id: str, peer: _Peer, msg: codec.Message) -> None:
+    def _on_result(self, device_id: str, peer: Peer, msg: codec.Message) -> None:
         self._apply(self.queue.finish(device_id, msg.header["job_id"], msg.header["result"], time.monotonic()))
 
-    def _on_refused(self, device_id: str, peer: _Peer, msg: codec.Message) -> None:
+    def _on_refused(self, device_id: str, peer: Peer, msg: codec.Message) -> None:
         """The device refused a job (or something else we sent): the job's client hears why."""
         err, job_id = msg.header["error"], msg.header.get("job_id")
         self._refusals.warning(peer.conn.peer, "device %s refused %s: %s: %s", device_id, job_id or "a message",
@@ -289,7 +274,7 @@ class Tracker:
             error = {"type": err["type"], "message": f"device refused the job: {err['message']}"}
             self._apply(self.queue.refuse(device_id, job_id, error, time.monotonic()))
 
-    def _on_need_artifact(self, device_id: str, peer: _Peer, msg: codec.Message) -> None:
+    def _on_need_artifact(self, device_id: str, peer: Peer, msg: codec.Message) -> None:
         job_id = msg.header["job_id"]
         job = self.queue.jobs.get(job_id)
         if job is not None and job.device_id == device_id and job_id in self.payloads:
@@ -298,13 +283,13 @@ class Tracker:
             self._dispatch(Dispatch(device_id, job_id))
 
     # ---- client ops ----------------------------------------------------
-    async def _op_ping(self, client_id: str, peer: _Peer, msg: codec.Message) -> dict[str, Any]:
+    async def _op_ping(self, client_id: str, peer: Peer, msg: codec.Message) -> dict[str, Any]:
         return {}
 
-    async def _op_has(self, client_id: str, peer: _Peer, msg: codec.Message) -> dict[str, Any]:
+    async def _op_has(self, client_id: str, peer: Peer, msg: codec.Message) -> dict[str, Any]:
         return {"has": [h for h in msg.header["hashes"] if h in self.store]}
 
-    async def _op_put(self, client_id: str, peer: _Peer, msg: codec.Message) -> dict[str, Any]:
+    async def _op_put(self, client_id: str, peer: Peer, msg: codec.Message) -> dict[str, Any]:
         """Keep an artifact a later job names as its reference (its code is the one blob)."""
         if len(msg.blobs) != 1:
             raise BadRequest("put: send the artifact's code as the one blob")
@@ -331,7 +316,7 @@ class Tracker:
         checked_hash(header, code)
         return header, code
 
-    async def _op_submit(self, client_id: str, peer: _Peer, msg: codec.Message) -> dict[str, Any] | None:
+    async def _op_submit(self, client_id: str, peer: Peer, msg: codec.Message) -> dict[str, Any] | None:
         h = msg.header  # checked: rpc.fields.CLIENT_OPS["submit"]
         key, artifact, options = h["key"], h["artifact"], h["options"]
         if msg.blobs:
@@ -361,14 +346,14 @@ class Tracker:
             run_budget_s=timeout_s + RUN_GRACE_S,
             lease_id=h.get("lease_id"),
         )
-        self.payloads[job_id] = _Payload(artifact, code, options, reference)
+        self.payloads[job_id] = Payload(artifact, code, options, reference)
         self.stats["jobs_submitted"] += 1
         # Reply before applying, so the client knows the id before the result can arrive.
         peer.post({"op": "reply", "rid": h.get("rid"), "job_id": job_id})
         self._apply(self.queue.submit(spec, now))
         return None
 
-    async def _op_lease(self, client_id: str, peer: _Peer, msg: codec.Message) -> dict[str, Any] | None:
+    async def _op_lease(self, client_id: str, peer: Peer, msg: codec.Message) -> dict[str, Any] | None:
         h = msg.header  # checked: rpc.fields.CLIENT_OPS["lease"]
         timeout = h.get("queue_timeout_s")
         now = time.monotonic()
@@ -378,7 +363,7 @@ class Tracker:
         self._apply(self.queue.request_lease(lease_id, client_id, h["key"], now, h["priority"], deadline))
         return None  # answered by LeaseGranted / LeaseFailed
 
-    async def _op_release(self, client_id: str, peer: _Peer, msg: codec.Message) -> dict[str, Any]:
+    async def _op_release(self, client_id: str, peer: Peer, msg: codec.Message) -> dict[str, Any]:
         lease_id = msg.header["lease_id"]
         lease = self.queue.leases.get(lease_id)
         if lease is None or lease.client_id != client_id:
@@ -386,13 +371,13 @@ class Tracker:
         self._apply(self.queue.release_lease(lease_id, time.monotonic()))
         return {}
 
-    async def _op_summary(self, client_id: str, peer: _Peer, msg: codec.Message) -> dict[str, Any]:
+    async def _op_summary(self, client_id: str, peer: Peer, msg: codec.Message) -> dict[str, Any]:
         s = self.queue.summary(time.monotonic())
         s["stats"] = dict(self.stats, artifacts=len(self.store), artifact_bytes=self.store.nbytes,
                           clients=len(self.clients))
         return {"summary": s}
 
-    async def _op_describe(self, client_id: str, peer: _Peer, msg: codec.Message) -> dict[str, Any]:
+    async def _op_describe(self, client_id: str, peer: Peer, msg: codec.Message) -> dict[str, Any]:
         devs = [d for d in self.queue.devices.values() if d.key == msg.header["key"]]
         return {"devices": [{"name": d.name, "fingerprint": d.fingerprint} for d in devs]}
 
