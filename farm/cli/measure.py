@@ -22,9 +22,11 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("measure", help="build a workload here and time it on a remote device")
     add_common(p, dial=True)
     p.add_argument("--key", required=True, help="device key to measure on")
-    p.add_argument("workload", help="workload name, e.g. matmul")
+    p.add_argument("workload", help="workload name, e.g. matmul, or your kernel as FILE.py:function "
+                                    "(checked on the device against its reference)")
     p.add_argument("--shape", required=True, help="comma-separated workload arguments, e.g. 256,256,256")
-    p.add_argument("--config", default="default", help="knob values as JSON, or 'default'")
+    p.add_argument("--config", default="default",
+                   help='JSON: {knob: value}, {"knobs": {...}} or {"index": i}; an index; or \'default\'')
     p.add_argument("--timeout", type=float, default=30.0, help="hard run timeout on the device, seconds")
     p.add_argument("--queue-timeout", type=float, default=120.0, help="longest wait for a device, seconds")
     p.add_argument("--max-outage", type=float, default=MAX_OUTAGE_S, metavar="SECONDS",
@@ -67,13 +69,14 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 
 def cmd_measure(args: argparse.Namespace) -> int:
-    from farm.client.session import connect, workload_artifact
+    from farm.client.session import connect, workload_job
     from farm.errors import FarmError
     from farm.records.measure import RunOptions
 
     try:
         shape = [int(x) for x in args.shape.split(",") if x.strip()]
-        config = None if args.config == "default" else json.loads(args.config)
+        config = None if args.config == "default" else (
+            int(args.config) if args.config.strip().isdigit() else json.loads(args.config))
     except ValueError as e:
         return _fail("measure", ValueError(f"bad --shape or --config: {e}"))
     try:
@@ -81,9 +84,10 @@ def cmd_measure(args: argparse.Namespace) -> int:
         with connect(args.tracker, token=load_token(args.token_file), ssl_context=client_ctx,
                      max_outage_s=args.max_outage) as session:
             target = session.target(args.key)
-            artifact = workload_artifact(args.workload, shape, config, target)
-            result = session.measure(artifact, key=args.key, options=RunOptions(timeout_s=args.timeout),
-                                     queue_timeout_s=args.queue_timeout)
+            options = RunOptions(timeout_s=args.timeout)
+            artifact, reference = workload_job(args.workload, shape, config, target, options)
+            result = session.measure(artifact, key=args.key, options=options, queue_timeout_s=args.queue_timeout,
+                                     reference=reference)
     except (RpcError, FarmError, OSError, ValueError) as e:
         return _fail("measure", e)
     if args.json:

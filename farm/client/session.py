@@ -148,10 +148,11 @@ class Session:
         return Job(self, job_id, strict)
 
     def measure(self, kernel: Any, args: Sequence[Any] | None = None, *, key: str, options: RunOptions | None = None,
-                priority: int = 0, queue_timeout_s: float | None = None, strict: bool = False) -> MeasureResult:
+                priority: int = 0, queue_timeout_s: float | None = None, strict: bool = False,
+                reference: Artifact | None = None) -> MeasureResult:
         """Build (if needed), time on a device of ``key``, and return the result."""
         return self.submit(kernel, args, key=key, options=options, priority=priority,
-                           queue_timeout_s=queue_timeout_s, strict=strict).result()
+                           queue_timeout_s=queue_timeout_s, strict=strict, reference=reference).result()
 
     @property
     def reconnects(self) -> int:
@@ -264,7 +265,19 @@ def target_of(fingerprint: dict[str, Any]) -> str:
 
 def workload_artifact(name: str, shape: Sequence[int], config: dict[str, Any] | None, target: str) -> Artifact:
     """Build one configuration of a registered workload for ``target``."""
+    return workload_job(name, shape, config, target)[0]
+
+
+def workload_job(kernel: str, shape: Sequence[int], config: Any, target: str,
+                 options: RunOptions | None = None) -> tuple[Artifact, Artifact | None]:
+    """Build one configuration of a workload (a built-in name, or a user kernel as FILE.py:function
+    or module:function) for ``target``: the artifact, bound to the reference a device checks a user
+    kernel against, and that reference (None for a built-in)."""
+    from farm.client.reference import workload_reference
+    from farm.workloads.loader import load_kernel
     from farm.workloads.registry import build_workload
 
-    artifact: Artifact = build_workload(name, list(shape), config if config is not None else "default", target).artifact
-    return artifact
+    wl = load_kernel(kernel)
+    artifact: Artifact = build_workload(wl, list(shape), config if config is not None else "default", target).artifact
+    ref = workload_reference(wl, list(shape), artifact, target, options or RunOptions())
+    return artifact.with_reference(ref), ref

@@ -148,3 +148,22 @@ def test_a_protocol_1_device_never_runs_a_job_it_cannot_check(local_farm: LocalF
         loop.call_soon_threadsafe(task[0].cancel)
         thread.join(timeout=30)
     assert not thread.is_alive()
+
+
+def test_farm_measure_a_user_kernel_from_its_file(cpu_farm: LocalFarm) -> None:
+    """The laptop path with your own kernel: `farm measure ... FILE.py:function` builds it here, the
+    device checks it against the naive schedule (no user code on the device)."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.rpc.harness import ROOT
+
+    with Session(cpu_farm.client()) as session:
+        cpu_farm.wait_devices(session.client, 1, timeout=60)
+    cmd = [sys.executable, "-m", "farm.cli", "measure", "--tracker", cpu_farm.address, "--key", "cpu",
+           "configs/kernels/ops.py:layernorm", "--shape", "64,128", "--config", "3", "--json"]
+    r = subprocess.run(cmd, cwd=ROOT, env=cpu_farm.env(), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["outcome"] == "OK" and out["checked"] is True, out
