@@ -35,7 +35,8 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "farm.log": _RECORDS,
     "farm.tuning": (*_RECORDS, "farm.target", "farm.te", "farm.compiler", "farm.workloads", "farm.log"),
     "farm.search": ("farm.tuning",),  # the documented path farm.search.make_tuner
-    "farm.client": (*_RECORDS, "farm.target", "farm.te", "farm.compiler", "farm.workloads", "farm.log", "rpc"),
+    "farm.client": (*_RECORDS, "farm.target", "farm.te", "farm.compiler", "farm.runtime", "farm.workloads",
+                    "farm.log", "rpc"),
     "farm.export": (*_RECORDS, "farm.target", "farm.te", "farm.compiler", "farm.runtime", "farm.workloads",
                     "farm.log", "devices.check"),
     "farm.campaign": (*_RECORDS, "farm.target", "farm.yamlconf", "farm.te", "farm.compiler", "farm.workloads",

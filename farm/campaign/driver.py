@@ -28,6 +28,7 @@ from farm.campaign.tasks import Building, Built, CampaignResult, InFlight, Retry
 from farm.errors import FarmError, UserKernelError
 from farm.records.artifact import Artifact
 from farm.records.measure import MeasureResult, Outcome
+from rpc.client import MAX_OUTAGE_S
 from rpc.errors import ConnectionLost, DeadlineExceeded, DeviceLost, JobCancelled, RpcError
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ class CampaignRunner:
         on_progress: Callable[[list[Task], dict[str, Any]], None] | None = None,
         *,
         reconnect: Callable[[], Any] | None = None,
-        max_outage_s: float = 300.0,
+        max_outage_s: float = MAX_OUTAGE_S,
         sink: RecordSink | None = None,
         exclusive_timing: bool | None = None,
     ) -> None:

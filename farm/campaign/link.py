@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from farm.errors import FarmError
+from rpc.client import MAX_OUTAGE_S
 from rpc.transport import backoff_delays
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 class FarmLink:
     """Holds the current farm session; ``lost(gen)`` marks it broken, ``restore()`` re-dials."""
 
-    def __init__(self, session: Any, reconnect: Callable[[], Any] | None = None, *, max_outage_s: float = 300.0,
+    def __init__(self, session: Any, reconnect: Callable[[], Any] | None = None, *, max_outage_s: float = MAX_OUTAGE_S,
                  backoff_base: float = 0.2, backoff_cap: float = 5.0, stall_s: float = 15.0,
                  ping_timeout_s: float = 10.0) -> None:
         self.session = session

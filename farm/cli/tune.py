@@ -12,6 +12,7 @@ from typing import Any
 from farm.cli.args import tracker_address
 from farm.cli.errors import UsageError
 from farm.errors import FarmError
+from rpc.client import MAX_OUTAGE_S
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ def register(sub: Any) -> None:
         help="CPUs of the local Ray (default: every core when builds and timing take "
         "turns, as on the embedded farm; cores - 1 otherwise)",
     )
-    p.add_argument("--max-outage", type=float, default=300.0, metavar="SECONDS",
+    p.add_argument("--max-outage", type=float, default=MAX_OUTAGE_S, metavar="SECONDS",
                    help="how long to keep re-dialling a lost tracker before giving up (default 300)")
     p.add_argument("--json", action="store_true", help="print the results as one JSON object at the end")
     p.add_argument("--no-progress", action="store_true", help="no live progress")
@@ -68,7 +69,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         sink = TrackerSink(lambda: runner.link.session if runner else session, [w.name for w in spec.workloads],
                            address, spill=f"runs/{spec.name}.unsent.jsonl") if shared_log else None
         # The embedded farm's device times on the cores the local Ray builds on.
-        runner = CampaignRunner(spec, session, progress, reconnect=lambda: connect(address, token=token),
+        runner = CampaignRunner(spec, session, progress, reconnect=lambda: connect(address, token=token, max_outage_s=0),
                                 max_outage_s=args.max_outage, sink=sink, exclusive_timing=exclusive)
         result = runner.run()
     print(results_table(result))
@@ -100,7 +101,8 @@ def _connect(address: str, token: bytes) -> Any:
     from rpc.errors import AuthError
 
     try:
-        return connect(address, token=token)
+        # The campaign re-dials by itself (campaign.link): its session must report the outage.
+        return connect(address, token=token, max_outage_s=0)
     except AuthError as e:  # the tracker's answer is deliberately bare: say which token to compare
         raise AuthError(f"tracker {address}: {e} (is $FARM_TOKEN / --token-file the tracker's token?)") from None
 
