@@ -69,7 +69,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
         sink = TrackerSink(lambda: runner.link.session if runner else session, [w.name for w in spec.workloads],
                            address, spill=f"runs/{spec.name}.unsent.jsonl") if shared_log else None
         # The embedded farm's device times on the cores the local Ray builds on.
-        runner = CampaignRunner(spec, session, progress, reconnect=lambda: connect(address, token=token, max_outage_s=0),
+        runner = CampaignRunner(spec, session, progress,
+                                reconnect=lambda: connect(address, token=token, max_outage_s=0),
                                 max_outage_s=args.max_outage, sink=sink, exclusive_timing=exclusive)
         result = runner.run()
     print(results_table(result))
