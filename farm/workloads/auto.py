@@ -146,11 +146,15 @@ class _Sketch:
             return
         lanes = _lanes(self.target, op.output.dtype)
         acc = self.fused_acc.get(id(op))
+        # Register tiles pay off for outputs and 2-D intermediates; a 1-D intermediate reduction
+        # (a row's max or mean) gets the vector plan only: knobs that change no code would only
+        # dilute the search (layer norm's space was 1.4e11, almost all of it equivalent).
+        tileable = bool(op.reduce_axis) and (op in self.outputs or len(axes) >= 2)
         cache = 0
-        if acc is None and op.reduce_axis:
+        if acc is None and tileable:
             cache = self.knob(f"cache_{op.name}", [0, 1])
-        register = acc is not None or (op.reduce_axis and cache == 1)
-        plan = self._plan(op, axes, lanes, register_possible=acc is not None or bool(op.reduce_axis))
+        register = acc is not None or (tileable and cache == 1)
+        plan = self._plan(op, axes, lanes, register_possible=acc is not None or tileable)
         if not apply:
             if op in self.row_stages and not op.reduce_axis and plan["vec"].size[-1] > 1:
                 self.s[op].vectorize(self.s[op].op.axis[-1])

@@ -141,6 +141,7 @@ def test_random_configs_match_numpy(wl: Workload, shape: tuple[int, ...], ref: C
 def test_graphs_get_the_generated_knobs() -> None:
     knobs = set(softmax.space((9, 71), TARGET).knobs)
     assert {"at_mx", "at_e", "at_s", "vec_out", "par_out"} <= knobs, knobs
+    assert not {"cache_mx", "tile_mx_j", "cache_s"} & knobs, knobs  # 1-D row reductions: vector plan only
     gemm = set(batch_gemm.space((3, 13, 35, 19), TARGET).knobs)
     assert {"cache_Z", "tile_Z_i", "tile_Z_j", "tile_Z_k", "unroll_Z", "order_Z"} <= gemm, gemm
     conv = set(padded_conv2d.space((3, 11, 13, 5), TARGET).knobs)
