@@ -49,21 +49,32 @@ def _load(args: argparse.Namespace) -> list[LogRecord]:
 
 
 def _summary(r: LogRecord) -> dict[str, Any]:
-    return {"workload": r.workload, "args": list(r.args), "device_key": r.device_key, "target": r.target,
-            "config": r.config, "gflops": r.gflops, "median_s": r.median_s if r.ok else None,
+    return {"workload": r.workload, "workload_hash": r.workload_hash, "args": list(r.args),
+            "device_key": r.device_key, "target": r.target, "config": r.config, "gflops": r.gflops,
+            "gbps": r.gbps, "median_s": r.median_s if r.ok else None, "checked": r.checked,
             "outcome": r.outcome.value, "timestamp": r.timestamp}
+
+
+def _namer(recs: list[LogRecord]) -> Any:
+    """name(shape), or name@hash(shape) where two kernels of one name are in the log."""
+    hashes: dict[str, set[str]] = {}
+    for r in recs:
+        hashes.setdefault(r.workload, set()).add(r.workload_hash)
+    return lambda r: r.workload_label if len(hashes[r.workload]) > 1 else r.workload_id
 
 
 def cmd_best(args: argparse.Namespace) -> int:
     recs = _load(args)
     if args.all:
-        rows = [_summary(r) for _, r in sorted(best_per_task(recs).items())]
+        tops = [r for _, r in sorted(best_per_task(recs).items())]
+        rows = [_summary(r) for r in tops]
+        name = _namer(recs)
         if args.json:
             print(json.dumps(rows))
         else:
-            for r in rows:
-                print(f"{r['workload']}({','.join(map(str, r['args']))}) on {r['device_key']}: "
-                      f"{r['gflops']:.2f} GFLOPS  config {json.dumps(r['config'])}")
+            for r in tops:
+                print(f"{name(r)} on {r.device_key}: {r.median_s * 1e3:.4f} ms  {r.gflops:.2f} GFLOPS  "
+                      f"config {json.dumps(r.config)}")
         if not rows:
             raise NoResult(f"no successful record in {args.log} matches")
         return 0
@@ -71,7 +82,7 @@ def cmd_best(args: argparse.Namespace) -> int:
     if top is None:
         raise NoResult(f"no successful record in {args.log} matches")
     print(json.dumps(_summary(top)) if args.json else
-          f"{top.workload_id} on {top.device_key}: {top.gflops:.2f} GFLOPS "
+          f"{_namer(recs)(top)} on {top.device_key}: {top.gflops:.2f} GFLOPS "
           f"({top.median_s * 1e3:.4f} ms)  config {json.dumps(top.config)}")
     return 0
 
