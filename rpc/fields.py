@@ -37,6 +37,8 @@ MAX_MESSAGE = 64 << 10  # result and error messages (the device clips its own)
 MAX_APPEND = 10_000  # records per log_append batch
 MAX_HASHES = 100_000  # artifact hashes per has/register
 QUERY_KINDS = ("best", "top_k", "history", "measured", "records")
+MAX_REPORT_TASKS = 128  # tasks per campaign_report
+MAX_CURVE_POINTS = 200  # best-so-far points per task and report (the campaign thins longer curves)
 ROLES = ("client", "device")
 
 
@@ -266,6 +268,18 @@ LOG_RECORD = Obj({
 }, extra="keep")
 
 
+# one task of a campaign_report (farm.campaign.report): progress, best so far, its curve
+CAMPAIGN_TASK = Obj({
+    "task": F(Str(200, 1, printable=True), required=True),
+    "workload": F(NAME), "key": F(Str(128, printable=True)),
+    "budget": F(COUNT), "done": F(COUNT), "errors": F(COUNT), "in_flight": F(COUNT),
+    "best_gflops": F(FLOPS), "best_s": F(SECONDS, nullable=True), "finished": F(Bool()),
+    "error": F(Str(2000)),  # why the task could not run at all
+    # [trial, best GFLOPS so far], trials ascending
+    "curve": F(ListOf(ListOf(Num(0, 1e30), 2), MAX_CURVE_POINTS)),
+})
+
+
 def _op(**fields: F) -> Obj:
     return Obj({"rid": F(RID, nullable=True), **fields})
 
@@ -288,6 +302,11 @@ CLIENT_OPS: dict[str, Obj] = {
                      device=F(Str(128), nullable=True), exclude_device=F(Str(128), nullable=True),
                      args=F(ListOf(Num(-(2**53), 2**53, integer=True), 64), nullable=True),
                      k=F(Num(0, 10**6, integer=True), default=10)),
+    # a campaign's progress for the live page (rpc.view); each report replaces the last
+    "campaign_report": _op(name=F(Str(200, 1, printable=True), required=True),
+                           run=F(Str(64, printable=True), default=""), host=F(NAME, default=""),
+                           elapsed_s=F(SECONDS), finished=F(Bool(), default=False),
+                           tasks=F(ListOf(CAMPAIGN_TASK, MAX_REPORT_TASKS), required=True)),
 }
 
 # the fields of a reply, by the op of the request it answers
@@ -303,6 +322,7 @@ REPLIES: dict[str, Obj] = {
                                   required=True)}),
     "log_append": Obj({"appended": F(COUNT, required=True), "total": F(COUNT, required=True)}),
     "log_query": Obj({"records": F(ListOf(FREE, 1 << 24)), "history": F(FREE), "indices": F(ListOf(COUNT, 1 << 24))}),
+    "campaign_report": Obj({}),
 }
 
 # tracker -> client

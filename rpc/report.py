@@ -8,9 +8,16 @@ if TYPE_CHECKING:
 
 
 def summarize(q: SchedulerQueue, now: float) -> dict[str, Any]:
-    """Keys with free/busy/leased/pending counts, and per-device health."""
+    """Keys with free/busy/leased/pending counts, their queues, and per-device health."""
     keys: dict[str, dict[str, int]] = {}
+    # per key: jobs in flight (running), leases waiting for a device, pending jobs per priority
+    queues: dict[str, dict[str, Any]] = {}
+
+    def queue(key: str) -> dict[str, Any]:
+        return queues.setdefault(key, {"running": 0, "lease_requests": 0, "priorities": {}})
+
     for dev in q.devices.values():
+        queue(dev.key)["running"] += len(dev.running)
         k = keys.setdefault(dev.key, {"devices": 0, "free": 0, "busy": 0, "leased": 0, "pending": 0})
         k["devices"] += 1
         if dev.lease_id is not None:
@@ -23,7 +30,13 @@ def summarize(q: SchedulerQueue, now: float) -> dict[str, Any]:
         if job.state == "pending" and job.spec.lease_id is None:
             keys.setdefault(
                 job.spec.key, {"devices": 0, "free": 0, "busy": 0, "leased": 0, "pending": 0}
-            )["pending"] += 1
+            )["pending"] += 1  # lease requests included
+            kq = queue(job.spec.key)
+            if job.is_lease:
+                kq["lease_requests"] += 1
+            else:
+                prio = str(job.spec.priority)  # a JSON key
+                kq["priorities"][prio] = kq["priorities"].get(prio, 0) + 1
     devices = []
     for dev in q.devices.values():
         up = max(now - dev.joined, 1e-9)
@@ -47,4 +60,4 @@ def summarize(q: SchedulerQueue, now: float) -> dict[str, Any]:
                 "fingerprint": dev.fingerprint,
             }
         )
-    return {"keys": keys, "devices": devices, "completed": q.completed}
+    return {"keys": keys, "queues": queues, "devices": devices, "completed": q.completed}

@@ -26,7 +26,7 @@ from typing import Any
 from rpc import auth, codec, fields
 from rpc.artifacts import ArtifactStore, checked_hash
 from rpc.errors import ArtifactMissing, BadRequest, ConnectionLost, NoSuchLease, ProtocolError, RpcError, to_wire
-from rpc.peer import Payload, Peer
+from rpc.peer import Payload, Peer, reference_of, send_job
 from rpc.queue import (
     Action,
     Dispatch,
@@ -40,6 +40,7 @@ from rpc.queue import (
 )
 from rpc.ratelog import PerPeerLog
 from rpc.transport import Connection, start_server
+from rpc.view import FarmView
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,8 @@ class Tracker:
         self.payloads: dict[str, Payload] = {}
         self.ref_headers: dict[str, dict[str, Any]] = {}  # headers of put artifacts, by hash
         self.lease_rids: dict[str, tuple[str, Any]] = {}  # lease id -> (client id, rid) until granted
+        self.view = FarmView()  # lost devices, outcomes, failures, campaigns: what the live page shows
+        self.web: Any = None  # rpc.web.WebServer, when started with start_http
         self.stats = {"jobs_submitted": 0, "client_uploads": 0, "client_upload_bytes": 0, "device_uploads": 0,
                       "device_upload_bytes": 0, "bad_connections": 0}
         self._ids = itertools.count(1)
@@ -106,6 +109,7 @@ class Tracker:
             "release": self._op_release,
             "summary": self._op_summary,
             "describe": self._op_describe,
+            "campaign_report": self._op_campaign_report,
         }
         self.log_service: Any = None
         if log_path:  # the farm's shared log (rpc.logservice imports farm.log, so only when asked)
@@ -124,7 +128,17 @@ class Tracker:
         log.info("tracker listening on %s:%d", sock[0], sock[1])
         return sock[0], sock[1]
 
+    async def start_http(self, host: str = "127.0.0.1", port: int = 0,
+                         ssl_context: ssl.SSLContext | None = None) -> tuple[str, int]:
+        """Serve the live page and the JSON API (``rpc.web``) from this tracker's event loop."""
+        from rpc.web import WebServer
+
+        self.web = WebServer(self, self._token, ssl_context=ssl_context)
+        return await self.web.start(host, port)
+
     async def stop(self) -> None:
+        if self.web is not None:
+            await self.web.stop()
         if self._ticker:
             self._ticker.cancel()
         if self._server:
@@ -141,7 +155,10 @@ class Tracker:
     async def _tick_loop(self) -> None:
         while True:
             await asyncio.sleep(self.tick_s)
-            self._apply(self.queue.tick(time.monotonic()))
+            now = time.monotonic()
+            actions = self.queue.tick(now)
+            self.view.lost(actions, now)  # tombstones for the devices the tick dropped
+            self._apply(actions)
             if len(self.payloads) > len(self.queue.jobs):
                 # Jobs dropped without a reply (their client left): forget their payloads.
                 for job_id in [j for j in self.payloads if j not in self.queue.jobs]:
@@ -200,8 +217,9 @@ class Tracker:
         self.devices[device_id] = peer
         peer.post({"op": "registered", "device_id": device_id, "heartbeat_s": self.heartbeat_s})
         log.info("device %s (%s) registered key %r capacity %d", device_id, name, h["key"], h["capacity"])
-        self._apply(self.queue.add_device(device_id, h["key"], time.monotonic(), h["capacity"], h["fingerprint"],
-                                          name))
+        actions = self.queue.add_device(device_id, h["key"], time.monotonic(), h["capacity"], h["fingerprint"], name)
+        self.view.device_joined(device_id, self.queue.devices[device_id])
+        self._apply(actions)
         reason = "connection closed"
         try:
             while True:
@@ -227,7 +245,10 @@ class Tracker:
         finally:
             del self.devices[device_id]
             log.info("device %s gone: %s", device_id, reason)
-            self._apply(self.queue.remove_device(device_id, time.monotonic(), reason))
+            now = time.monotonic()
+            actions = self.queue.remove_device(device_id, now, reason)
+            self.view.device_lost(device_id, reason, actions, now)
+            self._apply(actions)
 
     async def _serve_client(self, peer: Peer) -> None:
         client_id = self._new_id("cl")
@@ -255,6 +276,7 @@ class Tracker:
             del self.clients[client_id]
             for lease_id in [le for le, (c, _) in self.lease_rids.items() if c == client_id]:
                 del self.lease_rids[lease_id]
+            self.view.client_gone(client_id, time.monotonic())
             self._apply(self.queue.client_gone(client_id, time.monotonic()))
 
     # ---- device ops ----------------------------------------------------
@@ -263,7 +285,15 @@ class Tracker:
         peer.post({"op": "heartbeat_ack"})
 
     def _on_result(self, device_id: str, peer: Peer, msg: codec.Message) -> None:
-        self._apply(self.queue.finish(device_id, msg.header["job_id"], msg.header["result"], time.monotonic()))
+        job_id, result = msg.header["job_id"], msg.header["result"]
+        self._note(device_id, job_id, result["outcome"], result.get("message", ""))
+        self._apply(self.queue.finish(device_id, job_id, result, time.monotonic()))
+
+    def _note(self, device_id: str, job_id: str, outcome: str, message: str) -> None:
+        """Count a job's outcome for the page (only a report the scheduler will accept, not a stale one)."""
+        job = self.queue.jobs.get(job_id)
+        if job is not None and job.device_id == device_id:
+            self.view.result(device_id, job.spec.client_id, outcome, message)
 
     def _on_refused(self, device_id: str, peer: Peer, msg: codec.Message) -> None:
         """The device refused a job (or something else we sent): the job's client hears why."""
@@ -271,6 +301,7 @@ class Tracker:
         self._refusals.warning(peer.conn.peer, "device %s refused %s: %s: %s", device_id, job_id or "a message",
                                err["type"], err["message"][:300])
         if job_id is not None:
+            self._note(device_id, job_id, err["type"], err["message"])
             error = {"type": err["type"], "message": f"device refused the job: {err['message']}"}
             self._apply(self.queue.refuse(device_id, job_id, error, time.monotonic()))
 
@@ -301,21 +332,6 @@ class Tracker:
         self.ref_headers[art_hash] = msg.header["artifact"]
         return {}
 
-    def _reference_of(self, artifact: dict[str, Any],
-                      header: dict[str, Any] | None) -> tuple[dict[str, Any], bytes] | None:
-        """The (header, code) of the reference ``artifact`` names; ArtifactMissing if not held."""
-        want = artifact.get("reference")
-        if want is None:
-            return None
-        if header is None or header.get("hash") != want["hash"]:
-            raise BadRequest(f"submit: artifact names reference {want['hash'][:12]}... but the request's "
-                             "'reference' header is another (or missing)")
-        code = self.store.get(want["hash"])
-        if code is None:
-            raise ArtifactMissing(f"tracker does not hold reference {want['hash'][:12]}...; put it first")
-        checked_hash(header, code)
-        return header, code
-
     async def _op_submit(self, client_id: str, peer: Peer, msg: codec.Message) -> dict[str, Any] | None:
         h = msg.header  # checked: rpc.fields.CLIENT_OPS["submit"]
         key, artifact, options = h["key"], h["artifact"], h["options"]
@@ -332,7 +348,7 @@ class Tracker:
             if stored is None:
                 raise ArtifactMissing(f"tracker does not hold artifact {art_hash[:12]}...; send its code")
             code = stored
-        reference = self._reference_of(artifact, h.get("reference"))
+        reference = reference_of(self.store, artifact, h.get("reference"))
         timeout_s = float(options.get("timeout_s", 30.0))
         queue_timeout = h.get("queue_timeout_s")
         now = time.monotonic()
@@ -371,11 +387,20 @@ class Tracker:
         self._apply(self.queue.release_lease(lease_id, time.monotonic()))
         return {}
 
-    async def _op_summary(self, client_id: str, peer: Peer, msg: codec.Message) -> dict[str, Any]:
-        s = self.queue.summary(time.monotonic())
+    def summary(self) -> dict[str, Any]:
+        """What `farm query --json` prints and /api/summary serves (keys documented in PROTOCOL.md)."""
+        now = time.monotonic()
+        s = self.queue.summary(now)
         s["stats"] = dict(self.stats, artifacts=len(self.store), artifact_bytes=self.store.nbytes,
                           clients=len(self.clients))
-        return {"summary": s}
+        return self.view.extend_summary(s, now)
+
+    async def _op_summary(self, client_id: str, peer: Peer, msg: codec.Message) -> dict[str, Any]:
+        return {"summary": self.summary()}
+
+    async def _op_campaign_report(self, client_id: str, peer: Peer, msg: codec.Message) -> dict[str, Any]:
+        self.view.campaign_report(client_id, msg.header, peer.conn.peer, time.monotonic())
+        return {}
 
     async def _op_describe(self, client_id: str, peer: Peer, msg: codec.Message) -> dict[str, Any]:
         devs = [d for d in self.queue.devices.values() if d.key == msg.header["key"]]
@@ -410,34 +435,10 @@ class Tracker:
                     peer.conn.abort()
 
     def _dispatch(self, a: Dispatch) -> None:
-        peer = self.devices[a.device_id]
-        p = self.payloads[a.job_id]
-        art_hash = p.artifact["hash"]
-        if p.reference is not None:
-            if peer.version < codec.REFERENCE_VERSION:
-                # An older server would not check the reference: it never runs this job.
-                result = {"outcome": "LOAD_ERROR", "costs": [], "message":
-                          f"device {a.device_id} speaks protocol {peer.version}, which cannot check this kernel's "
-                          "reference; upgrade kernelfarm on it"}
-                asyncio.get_running_loop().call_soon(
-                    lambda: self._apply(self.queue.finish(a.device_id, a.job_id, result, time.monotonic())))
-                return
-            ref_header, ref_code = p.reference
-            if ref_header["hash"] not in peer.has:  # sent ahead of the job, once per device
-                peer.post({"op": "artifact", "artifact": ref_header}, [ref_code])
-                peer.has.add(ref_header["hash"])
-                self.stats["device_uploads"] += 1
-                self.stats["device_upload_bytes"] += len(ref_code)
-        blobs = []
-        if art_hash not in peer.has:  # content addressing: each device gets each hash once
-            blobs = [p.code]
-            peer.has.add(art_hash)
-            self.stats["device_uploads"] += 1
-            self.stats["device_upload_bytes"] += len(p.code)
-        job = {"op": "job", "job_id": a.job_id, "artifact": p.artifact, "options": p.options}
-        if p.reference is not None:
-            job["reference"] = p.reference[0]
-        peer.post(job, blobs)
+        refusal = send_job(self.devices[a.device_id], a.device_id, a.job_id, self.payloads[a.job_id], self.stats)
+        if refusal is not None:  # the device cannot run it: its result comes next turn, as if it had
+            asyncio.get_running_loop().call_soon(
+                lambda: self._apply(self.queue.finish(a.device_id, a.job_id, refusal, time.monotonic())))
 
     def _to_client(self, client_id: str, header: dict[str, Any]) -> None:
         peer = self.clients.get(client_id)

@@ -63,6 +63,10 @@ BASELINES: dict[str, dict[str, dict[str, Any]]] = {
         "log_append": {"rid": 1, "records": [copy.deepcopy(_RECORD)]},
         "log_query": {"rid": 1, "kind": "top_k", "workload": "matmul", "device": "k", "exclude_device": "x",
                       "args": [4, 4, 4], "k": 3},
+        "campaign_report": {"rid": 1, "name": "c", "run": "r1", "host": "h", "elapsed_s": 1.0, "finished": False,
+                            "tasks": [{"task": "matmul(4,4,4)@k", "workload": "matmul", "key": "k", "budget": 8,
+                                       "done": 2, "errors": 1, "in_flight": 1, "best_gflops": 1.5, "best_s": 0.001,
+                                       "finished": False, "error": "", "curve": [[1, 1.0], [2, 1.5]]}]},
     },
     "tracker->client": {
         "reply": {"rid": 1}, "error": {"rid": 1, "error": dict(_ERROR)},
@@ -79,7 +83,7 @@ BASELINES: dict[str, dict[str, dict[str, Any]]] = {
         "ping": {}, "has": {"has": [HASH]}, "submit": {"job_id": "job1-x"}, "put": {},
         "lease": {"lease_id": "lease1-x", "device": {}}, "release": {}, "summary": {"summary": {}},
         "describe": {"devices": [{"name": "d", "fingerprint": {}}]}, "log_append": {"appended": 1, "total": 2},
-        "log_query": {"records": [], "history": {}, "indices": [1]},
+        "log_query": {"records": [], "history": {}, "indices": [1]}, "campaign_report": {},
     },
     "tracker->device": {
         "registered": {"device_id": "dev1-x", "heartbeat_s": 1.0}, "heartbeat_ack": {},
