@@ -45,6 +45,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--ray-name", default="kernelfarm-tracker", help="with --ray: the actor's name")
     p.add_argument("--ray-namespace", default="kernelfarm", help="with --ray: the actor's Ray namespace")
     p.add_argument("--stop", action="store_true", help="with --ray: remove the tracker actor")
+    p.add_argument("--http", metavar="HOST:PORT",
+                   help="serve the live page and JSON API here (PORT alone: 127.0.0.1:PORT; 0 picks a free port)")
+    p.add_argument("--http-cert", help="PEM certificate chain for the page (default: --tls-cert)")
+    p.add_argument("--http-key", help="PEM private key for the page (default: --tls-key)")
+    p.add_argument("--http-insecure", action="store_true",
+                   help="allow --http on a non-loopback address without TLS (e.g. behind a TLS proxy)")
     add_common(p, dial=False)
     p.set_defaults(func=cmd_tracker)
 
@@ -89,7 +95,9 @@ def cmd_tracker(args: argparse.Namespace) -> int:
     try:
         token = load_token(args.token_file)
         server_ctx, _ = make_ssl_contexts(args.tls_cert, args.tls_key, None)
-    except (RpcError, OSError) as e:
+        http = _http_options(args)
+        http_ctx = make_ssl_contexts(http[2], http[3], None)[0] if http else None
+    except (RpcError, OSError, ValueError) as e:
         return _fail("tracker", e)
 
     async def main() -> None:
@@ -98,6 +106,9 @@ def cmd_tracker(args: argparse.Namespace) -> int:
                           log_path=args.log)
         host, port = await tracker.start(args.host, args.port)
         print(f"tracker listening on {host}:{port}", flush=True)
+        if http:
+            h, p = await tracker.start_http(http[0], http[1], ssl_context=http_ctx)
+            print(f"tracker page on {'https' if http_ctx else 'http'}://{_url_host(h)}:{p}/", flush=True)
         try:
             await asyncio.Event().wait()
         finally:
@@ -107,6 +118,24 @@ def cmd_tracker(args: argparse.Namespace) -> int:
         return _run_until_signal(main)
     except (OSError, RpcError) as e:  # port in use; another writer holds --log
         return _fail("tracker", e)
+
+
+def _http_options(args: argparse.Namespace) -> tuple[str, int, str | None, str | None] | None:
+    """(host, port, cert, key) of --http, or None; refuses a page off loopback without TLS."""
+    if not args.http:
+        return None
+    from rpc.web import check_exposure, parse_http_address
+
+    host, port = parse_http_address(args.http)
+    cert, key = args.http_cert or args.tls_cert, args.http_key or args.tls_key
+    if bool(cert) != bool(key):
+        raise ValueError("the page's TLS needs both --http-cert and --http-key")
+    check_exposure(host, tls=bool(cert), insecure=args.http_insecure)
+    return host, port, cert, key
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 def _cmd_ray_tracker(args: argparse.Namespace) -> int:
@@ -125,11 +154,15 @@ def _cmd_ray_tracker(args: argparse.Namespace) -> int:
         if args.tls_cert or args.tls_key:
             raise ValueError("--ray does not serve TLS yet; run a plain `farm tracker` behind TLS")
         token_file = os.path.abspath(args.token_file) if args.token_file else None
+        http = _http_options(args)
         opts = ray_tracker.TrackerOptions(
             host=args.host, port=args.port, heartbeat_s=args.heartbeat, max_retries=args.max_retries,
             frame_timeout=args.frame_timeout, handshake_timeout=args.handshake_timeout,
             log_path=os.path.abspath(args.log) if args.log else None, token_file=token_file,
             token=None if token_file else token,
+            http=None if http is None else (http[0], http[1]),
+            http_cert=os.path.abspath(http[2]) if http and http[2] else None,
+            http_key=os.path.abspath(http[3]) if http and http[3] else None,
         )
         handle, address = ray_tracker.start(opts, name, ns)
         pid = ray_tracker.actor_pid(handle)
@@ -139,6 +172,8 @@ def _cmd_ray_tracker(args: argparse.Namespace) -> int:
         return _fail("tracker", RuntimeError(f"{type(e).__name__}: {str(e)[:500]}"))
     print(f"tracker listening on {address} (Ray actor {ns}/{name}, pid {pid}; "
           f"stop with `farm tracker --ray --stop`)", flush=True)
+    if http is not None:
+        print(f"tracker page on {ray_tracker.page_url(handle)}", flush=True)
     return 0
 
 

@@ -45,6 +45,11 @@ class TrackerOptions:
     # or the token itself (then it lives in Ray's actor spec; prefer a file).
     token_file: str | None = None
     token: bytes | None = None
+    # The live page (`--http`): (host, port), bound again on each restart like the RPC port;
+    # a PEM certificate and key to serve it over TLS.
+    http: tuple[str, int] | None = None
+    http_cert: str | None = None
+    http_key: str | None = None
 
 
 class TrackerActor:
@@ -65,14 +70,27 @@ class TrackerActor:
         self._tracker = Tracker(token, heartbeat_s=opts.heartbeat_s, max_retries=opts.max_retries,
                                 frame_timeout=opts.frame_timeout, handshake_timeout=opts.handshake_timeout,
                                 log_path=opts.log_path)
+        self._page = ""
         try:
             host, port = asyncio.run_coroutine_threadsafe(self._tracker.start(opts.host, opts.port),
                                                           self._loop).result(30)
+            if opts.http is not None:
+                self._page = self._start_http(opts)
         except BaseException:
             self._loop.call_soon_threadsafe(self._loop.stop)
             raise
         self._address = f"{self._advertised(host)}:{port}"
         log.warning("tracker actor (pid %d) listening on %s", os.getpid(), self._address)
+
+    def _start_http(self, opts: TrackerOptions) -> str:
+        from rpc.transport import make_ssl_contexts
+
+        assert opts.http is not None
+        ctx = make_ssl_contexts(opts.http_cert, opts.http_key, None)[0] if opts.http_cert else None
+        start = self._tracker.start_http(opts.http[0], opts.http[1], ssl_context=ctx)
+        host, port = asyncio.run_coroutine_threadsafe(start, self._loop).result(30)
+        host = self._advertised(host)
+        return f"{'https' if ctx else 'http'}://{f'[{host}]' if ':' in host else host}:{port}/"
 
     @staticmethod
     def _advertised(host: str) -> str:
@@ -87,6 +105,10 @@ class TrackerActor:
 
     def pid(self) -> int:
         return os.getpid()
+
+    def page(self) -> str:
+        """The live page's URL ("" without --http)."""
+        return self._page
 
 
 def connect_ray(address: str | None, namespace: str = NAMESPACE) -> None:
@@ -140,6 +162,12 @@ def actor_pid(handle: Any, timeout_s: float = 30.0) -> int:
     import ray
 
     return int(ray.get(handle.pid.remote(), timeout=timeout_s))
+
+
+def page_url(handle: Any, timeout_s: float = 30.0) -> str:
+    import ray
+
+    return str(ray.get(handle.page.remote(), timeout=timeout_s))
 
 
 def stop(name: str = ACTOR_NAME, namespace: str = NAMESPACE) -> bool:
