@@ -48,6 +48,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from farm.campaign.config import load_campaign
     from farm.campaign.driver import CampaignRunner
     from farm.campaign.progress import Progress, results_table
+    from farm.campaign.report import CampaignReporter, compose
     from farm.campaign.sinks import TRACKER_LOG, TrackerSink
     from farm.client.session import connect
 
@@ -68,8 +69,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
         # The runner re-dials a lost tracker: the sink follows its current session.
         sink = TrackerSink(lambda: runner.link.session if runner else session, [w.name for w in spec.workloads],
                            address, spill=f"runs/{spec.name}.unsent.jsonl") if shared_log else None
+        # The tracker's live page shows the campaign: best effort, on the session the campaign holds.
+        reporter = CampaignReporter(spec.name, lambda: runner.link.session if runner else session)
+        stack.callback(reporter.close)
         # The embedded farm's device times on the cores the local Ray builds on.
-        runner = CampaignRunner(spec, session, progress,
+        runner = CampaignRunner(spec, session, compose(progress, reporter),
                                 reconnect=lambda: connect(address, token=token, max_outage_s=0),
                                 max_outage_s=args.max_outage, sink=sink, exclusive_timing=exclusive)
         result = runner.run()

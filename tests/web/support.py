@@ -31,16 +31,16 @@ class Reply:
 
 
 class LoopTracker:
-    """``Tracker`` + ``start_http`` on 127.0.0.1 port 0, on its own event-loop thread."""
+    """``Tracker`` + ``start_http`` on 127.0.0.1 (RPC on ``port``, the page on port 0), on its own loop thread."""
 
-    def __init__(self, token: bytes | None = None, **kw: Any) -> None:
+    def __init__(self, token: bytes | None = None, port: int = 0, **kw: Any) -> None:
         self.token = token or secrets.token_hex(16).encode()
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="web-test-tracker", daemon=True)
         self.thread.start()
         self.tracker = Tracker(self.token, **kw)
-        host, port = self.run(self.tracker.start("127.0.0.1", 0))
-        self.address = f"{host}:{port}"
+        host, bound = self.run(self.tracker.start("127.0.0.1", port))
+        self.address = f"{host}:{bound}"
         _, self.http_port = self.run(self.tracker.start_http("127.0.0.1", 0))
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
