@@ -6,6 +6,9 @@
     device_keys: [local]              # queues to tune on; "local" is the embedded device
     tuner: xgb                        # random | grid | ga | xgb
     trials: 64                        # budget per (workload, device) task
+    trials_total: 800                 # or: one budget per device key, shared by its tasks (the scheduler's)
+    scheduler: gradient               # with trials_total: gradient (Ansor's) | round_robin
+    warmup_trials: 4                  # with trials_total: each task's first, round-robin (default batch_size/2)
     batch_size: 8                     # candidates in flight per task
     early_stopping: 48                # stop a task after this many trials without a new best
     seed: 0
@@ -18,9 +21,11 @@
       - {name: matmul, shape: [256, 256, 256]}
       - {template: kernels/softmax.py:rowsoftmax, shape: [1024, 1000]}   # your own (path: from this file)
       - {compute: mypkg.ops:layernorm, shape: [512, 768]}                 # or an importable module
+      - {network: resnet18, batch: 1}    # a preset of configs/networks/ (or a file): its layers, weighted
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -43,7 +48,9 @@ from farm.yamlconf import (
 
 TUNERS = ("random", "grid", "ga", "xgb")
 TOP = ("name", "log", "devices", "device_keys", "tuner", "trials", "batch_size", "early_stopping", "seed",
-       "priority", "timing", "build_timeout_s", "transfer", "exclusive_timing", "workloads", "target")
+       "priority", "timing", "build_timeout_s", "transfer", "exclusive_timing", "workloads", "target",
+       "trials_total", "scheduler", "warmup_trials")
+NETWORK_KEYS = ("network", "batch", "ops")
 TIMING = ("number", "repeat", "min_repeat_ms", "cooldown_ms", "timeout_s", "check", "rtol")
 
 
@@ -58,6 +65,7 @@ class WorkloadSpec:
     source: str = ""
     kernel: str = ""  # the entry's FILE.py:function or module:function ("" for a built-in by name)
     workload: Any = field(default=None, compare=False, repr=False)  # the loaded farm.workloads Workload
+    weight: float = field(default=1.0, compare=False)  # occurrences in the campaign's networks (1: an entry)
 
     def resolve(self) -> Any:
         """The Workload this entry tunes."""
@@ -90,13 +98,22 @@ class CampaignSpec:
     exclusive_timing: bool | None = None
     target: str | None = None  # override the target read from the device fingerprint
     path: Path | None = None
+    trials_total: int | None = None  # one budget per device key, shared by its tasks (scheduler.py)
+    scheduler: str = "gradient"
+    warmup_trials: int | None = None
+    networks: tuple[Any, ...] = ()  # network.NetworkSpec of the `network:` entries
+
+    @property
+    def warmup(self) -> int:
+        return self.warmup_trials or max(1, self.batch_size // 2)
 
     def with_overrides(self, *, trials: int | None = None, log: str | None = None) -> CampaignSpec:
         out = self
         if trials is not None:
             if trials < 1:
                 raise CampaignConfigError("--trials", 0, "trials", f"must be >= 1, got {trials}")
-            out = replace(out, trials=trials)
+            # With trials_total, --trials is the budget per device key.
+            out = replace(out, trials_total=trials) if out.trials_total else replace(out, trials=trials)
         if log is not None:
             out = replace(out, log=Path(log))
         return out
@@ -122,20 +139,39 @@ def _list(ctx: Ctx, node: yaml.Node, fld: str) -> list[yaml.Node]:
 KERNEL_KEYS = ("name", "template", "compute")
 
 
-def _workload(ctx: Ctx, node: yaml.Node, n: int, base: Path) -> WorkloadSpec:
+def _kernel(key: str, text: str, base: Path, fail: Callable[[str, str], Exception]) -> tuple[Any, str]:
+    """(Workload, FILE.py:function or "") of an entry's ``name:``/``template:``/``compute:``;
+    ``fail(field, reason)`` makes the located error."""
     from farm.errors import ConfigError, UserKernelError
     from farm.workloads.loader import load_kernel
     from farm.workloads.registry import get_workload, list_workloads
 
+    try:
+        if key == "name":
+            return get_workload(text), ""
+        return load_kernel(text, base, kind=key), text
+    except UserKernelError as e:
+        raise fail(key, str(e)) from None
+    except ConfigError:
+        known = ", ".join(w.name for w in list_workloads())
+        raise fail("name", f"unknown workload {text!r} (known: {known}; or your own kernel "
+                   "as `template:`/`compute:` FILE.py:function)") from None
+
+
+def _workload(ctx: Ctx, node: yaml.Node, n: int, base: Path) -> WorkloadSpec | Any:
+    from farm.errors import ConfigError
+
     where = f"workloads[{n}]"
     m = ctx.mapping(node, where)
+    if "network" in m:
+        return _network(ctx, m, where, base)
     for k, (knode, _) in m.items():
         if k not in (*KERNEL_KEYS, "shape"):
-            raise unknown(ctx, knode, f"{where}.{k}", k, (*KERNEL_KEYS, "shape"))
+            raise unknown(ctx, knode, f"{where}.{k}", k, (*KERNEL_KEYS, "shape", "network"))
     given = [k for k in KERNEL_KEYS if k in m]
     if not given:
-        raise ctx.error(node, f"{where}.name", "missing: a built-in `name:`, or your kernel as "
-                        "`template: FILE.py:function` / `compute: FILE.py:function`")
+        raise ctx.error(node, f"{where}.name", "missing: a built-in `name:`, your kernel as "
+                        "`template: FILE.py:function` / `compute: FILE.py:function`, or a `network:`")
     if len(given) > 1:
         raise ctx.error(m[given[1]][0], f"{where}.{given[1]}", f"give one of {', '.join(KERNEL_KEYS)}, not both "
                         f"{given[0]} and {given[1]}")
@@ -143,20 +179,8 @@ def _workload(ctx: Ctx, node: yaml.Node, n: int, base: Path) -> WorkloadSpec:
         raise ctx.error(node, f"{where}.shape", "missing (e.g. shape: [512, 512, 512])")
     key = given[0]
     knode = m[key][1]
-    text = read_str(ctx, knode, f"{where}.{key}")
-    kernel = ""
-    try:
-        if key == "name":
-            wl = get_workload(text)
-        else:
-            wl = load_kernel(text, base, kind=key)
-            kernel = text
-    except UserKernelError as e:
-        raise CampaignConfigError(str(ctx.file), knode.start_mark.line + 1, f"{where}.{key}", str(e)) from None
-    except ConfigError:
-        known = ", ".join(w.name for w in list_workloads())
-        raise ctx.error(knode, f"{where}.name", f"unknown workload {text!r} (known: {known}; or your own kernel "
-                        "as `template:`/`compute:` FILE.py:function)") from None
+    wl, kernel = _kernel(key, read_str(ctx, knode, f"{where}.{key}"), base,
+                         lambda f, why: CampaignConfigError(ctx.file, knode.start_mark.line + 1, f"{where}.{f}", why))
     snode = m["shape"][1]
     shape = [read_int(1 if i >= len(wl.params) or wl.params[i] != "pad" else 0, 1 << 20)(ctx, x, f"{where}.shape[{i}]")
              for i, x in enumerate(_list(ctx, snode, f"{where}.shape"))]
@@ -165,6 +189,50 @@ def _workload(ctx: Ctx, node: yaml.Node, n: int, base: Path) -> WorkloadSpec:
     except ConfigError as e:
         raise ctx.error(snode, f"{where}.shape", f"{e} ({wl.label})" if kernel else str(e)) from None
     return WorkloadSpec(wl.name, args, f"{ctx.file}:{node.start_mark.line + 1}", kernel, wl)
+
+
+def _network(ctx: Ctx, m: dict[str, tuple[yaml.Node, yaml.Node]], where: str, base: Path) -> Any:
+    """A ``network:`` entry: its file parsed (errors located there), each tuned layer resolved to a
+    workload; returns (NetworkSpec, [WorkloadSpec weighted by occurrences])."""
+    from farm.campaign.network import OPS, NetworkConfigError, find_network, load_network, presets
+    from farm.errors import ConfigError
+
+    for k, (knode, _) in m.items():
+        if k not in NETWORK_KEYS:
+            raise unknown(ctx, knode, f"{where}.{k}", k, NETWORK_KEYS)
+    nnode = m["network"][1]
+    path = find_network(read_str(ctx, nnode, f"{where}.network"), base)
+    if not path.is_file():
+        raise ctx.error(nnode, f"{where}.network", f"{path} does not exist (presets: {', '.join(presets())})")
+    batch = read_int(1, 1 << 16)(ctx, m["batch"][1], f"{where}.batch") if "batch" in m else 1
+    net = load_network(path, batch)
+    if "ops" in m:
+        ops = {read_choice(tuple(sorted(OPS)))(ctx, x, f"{where}.ops[{i}]")
+               for i, x in enumerate(_list(ctx, m["ops"][1], f"{where}.ops"))}
+        net = replace(net, layers=tuple(ly for ly in net.layers if ly.op in ops))
+        if not net.layers:
+            raise ctx.error(m["ops"][1], f"{where}.ops", f"no layer of {net.name} is one of these operators")
+    specs: dict[tuple[str, tuple[int, ...], str], WorkloadSpec] = {}
+    layers = []
+    for ly in net.layers:
+        if not ly.kind:
+            layers.append(ly)
+            continue
+        file, _, line = ly.where.rpartition(":")
+
+        def fail(f: str, why: str, file: str = file, line: str = line, label: str = ly.label) -> Exception:
+            return NetworkConfigError(file, int(line), f"{label}.{f}", why)
+
+        wl, kernel = _kernel(ly.kind, ly.kernel, ly.base, fail)
+        try:
+            args = wl.check_args(ly.args)
+        except ConfigError as e:
+            raise fail("shape", str(e)) from None
+        layers.append(replace(ly, workload=wl.name))
+        k = (wl.name, args, kernel)
+        old = specs.get(k)
+        specs[k] = WorkloadSpec(wl.name, args, ly.where, kernel, wl, (old.weight if old else 0.0) + ly.count)
+    return replace(net, layers=tuple(layers)), list(specs.values())
 
 
 def parse_campaign(text: str, path: str | Path = "<string>") -> CampaignSpec:
@@ -188,6 +256,9 @@ def parse_campaign(text: str, path: str | Path = "<string>") -> CampaignSpec:
     get("name", read_ident)
     get("tuner", read_choice(TUNERS))
     get("trials", read_int(1, 1_000_000))
+    get("trials_total", read_int(1, 100_000_000))
+    get("scheduler", read_choice(("gradient", "round_robin")))
+    get("warmup_trials", read_int(1, 1_000_000))
     get("batch_size", read_int(1, 4096))
     get("early_stopping", read_int(1, 1_000_000))
     get("seed", read_int(0, 2**31 - 1))
@@ -232,15 +303,13 @@ def parse_campaign(text: str, path: str | Path = "<string>") -> CampaignSpec:
                 raise unknown(ctx, knode, f"timing.{k}", k, TIMING)
             kw[k] = readers[k](ctx, vnode, f"timing.{k}")
         timing = replace(timing, **kw)
-    wls = tuple(_workload(ctx, n, i, base) for i, n in enumerate(_list(ctx, top["workloads"][1], "workloads")))
-    seen: dict[tuple[str, tuple[int, ...]], str] = {}
-    for w, n in zip(wls, top["workloads"][1].value):
-        if (w.name, w.shape) in seen:
-            raise ctx.error(
-                n, "workloads", f"{w.name} {list(w.shape)} is listed twice (first at {seen[(w.name, w.shape)]}); "
-                "two kernels of one name need different names in a campaign"
-            )
-        seen[(w.name, w.shape)] = w.source
+    wls, networks = _entries(ctx, top["workloads"][1], base)
+    if "trials_total" in v and "trials" in v:
+        raise ctx.error(top["trials_total"][0], "trials_total", "give trials (per task) or trials_total "
+                        "(per device key, shared by its tasks), not both")
+    for k in ("scheduler", "warmup_trials"):
+        if k in v and "trials_total" not in v:
+            raise ctx.error(top[k][0], k, "only with trials_total (the budget the scheduler shares out)")
     name = v.get("name", Path(path).stem if str(path) != "<string>" else "campaign")
     return CampaignSpec(
         name=name, workloads=wls, log=Path(v.get("log", f"runs/{name}.jsonl")),
@@ -249,7 +318,38 @@ def parse_campaign(text: str, path: str | Path = "<string>") -> CampaignSpec:
         early_stopping=v.get("early_stopping"), seed=v.get("seed", 0), priority=v.get("priority", 0),
         timing=timing, build_timeout_s=v.get("build_timeout_s", 60.0), transfer=v.get("transfer", True),
         exclusive_timing=v.get("exclusive_timing"), target=v.get("target"), path=Path(path),
+        trials_total=v.get("trials_total"), scheduler=v.get("scheduler", "gradient"),
+        warmup_trials=v.get("warmup_trials"), networks=tuple(networks),
     )
+
+
+def _entries(ctx: Ctx, node: yaml.Node, base: Path) -> tuple[tuple[WorkloadSpec, ...], list[Any]]:
+    """The tasks of the ``workloads:`` list: entries in order, then each network's layers (a layer
+    that is an entry's workload, or another network's, adds its occurrences to that task's weight)."""
+    out: dict[tuple[str, tuple[int, ...]], WorkloadSpec] = {}
+    networks = []
+    nodes = _list(ctx, node, "workloads")
+    parsed = [_workload(ctx, n, i, base) for i, n in enumerate(nodes)]
+    for w, n in zip(parsed, nodes):
+        if isinstance(w, WorkloadSpec):
+            if (w.name, w.shape) in out:
+                first = out[(w.name, w.shape)].source
+                raise ctx.error(n, "workloads", f"{w.name} {list(w.shape)} is listed twice (first at {first}); "
+                                "two kernels of one name need different names in a campaign")
+            out[(w.name, w.shape)] = w
+    for w in parsed:
+        if isinstance(w, WorkloadSpec):
+            continue
+        net, specs = w
+        networks.append(net)
+        for sp in specs:
+            old = out.get((sp.name, sp.shape))
+            if old is not None and old.kernel != sp.kernel:
+                raise ctx.error(node, "workloads", f"{sp.name} {list(sp.shape)} at {sp.source} is another kernel "
+                                f"than the one at {old.source}; two kernels of one name need different names")
+            out[(sp.name, sp.shape)] = replace(sp, weight=sp.weight + (old.weight if old else 0.0),
+                                               source=old.source if old else sp.source)
+    return tuple(out.values()), networks
 
 
 def load_campaign(path: str | Path) -> CampaignSpec:

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from farm.campaign.budget import Allocation
 from farm.campaign.config import CampaignSpec
 from farm.campaign.idle import IdleMeter
 from farm.campaign.link import FarmLink
@@ -73,6 +74,7 @@ class CampaignRunner:
         self.resubmitted = 0
         self.on_progress = on_progress
         self.tasks: list[Task] = []
+        self.alloc: Allocation | None = None  # trials_total: one budget per device key (budget.py)
         self.build_nodes: dict[str, int] = {}
         self.resumed = 0
         self.measured = 0
@@ -97,8 +99,10 @@ class CampaignRunner:
                     # The user's kernel failed before any config ran: say so, tune the other tasks.
                     log.error("%s", e)
                     task = Task(w, key, target, fp, None, None, self.spec.trials, 0.0, finished=True,
-                                workload=w.workload, error=str(e))
+                                workload=w.workload, error=str(e), weight=w.weight)
                 self.tasks.append(task)
+        if self.spec.trials_total:
+            self.alloc = Allocation(self.spec, self.tasks, records)
 
     def _make_task(self, n: int, w: Any, key: str, target: str, fp: dict[str, Any], records: list[Any]) -> Task:
         from farm.tuning.model import TuneContext
@@ -112,12 +116,13 @@ class CampaignRunner:
                            context=ctx, early_stopping=self.spec.early_stopping)
         mine = [r for r in records if r.workload == w.name and tuple(r.args) == tuple(w.shape)
                 and r.device_key == key and r.workload_hash == wl_hash]
-        # Transfer learns from other shapes and devices of the same kernel, never from another
+        # Transfer learns from other shapes and devices of the same operator, never from another
         # kernel that happens to share its name.
-        hist = [r for r in records if r.workload_hash == wl_hash] if self.spec.transfer else mine
+        hist = [r for r in records if r.workload == w.name and r.workload_hash == wl_hash] \
+            if self.spec.transfer else mine
         own = tuner.load_history(hist) if hist else 0
-        task = Task(w, key, target, fp, space, tuner, self.spec.trials, wl.flops(w.shape), done_trials=own,
-                    workload=wl, wl_hash=wl_hash)
+        task = Task(w, key, target, fp, space, tuner, self.spec.trials_total or self.spec.trials, wl.flops(w.shape),
+                    done_trials=own, workload=wl, wl_hash=wl_hash, weight=w.weight)
         self.resumed += own
         for r in mine:
             self._note(task, space.locate(r.config_index, r.knobs), r.gflops if r.ok else 0.0, r.ok,
@@ -162,6 +167,8 @@ class CampaignRunner:
                         break
                     progressed = False
                     if not self._timing_phase():
+                        if self.alloc is not None:
+                            self.alloc.grant(self.tasks, self.free)
                         for t in active:
                             self._fill(t, build)
                     progressed |= self._collect_builds(pending_records)
@@ -196,10 +203,20 @@ class CampaignRunner:
         wall = time.monotonic() - t_start
         self.idle.sample(wall, self._devices())
         idle = self.idle.fraction()
+        summaries = [self._summary(t) for t in self.tasks]
         return CampaignResult(
-            self.spec.name, self.spec.log, [self._summary(t) for t in self.tasks], wall, self.measured, self.resumed,
+            self.spec.name, self.spec.log, summaries, wall, self.measured, self.resumed,
             dict(self.build_nodes), (self._idle_s / wall if wall > 0 else 0.0) if idle is None else idle,
-            self.builds_s, self.resubmitted, self.link.reconnects, self.idle.timeline)
+            self.builds_s, self.resubmitted, self.link.reconnects, self.idle.timeline,
+            self.alloc.summary() if self.alloc else {}, self._end_to_end(summaries))
+
+    def _end_to_end(self, summaries: list[TaskSummary]) -> list[dict[str, Any]]:
+        """Per network and device key: sum of count x best latency, and of numpy baselines (timed here)."""
+        from farm.campaign.baselines import end_to_end, numpy_times
+
+        if not self.spec.networks:
+            return []
+        return end_to_end(self.spec.networks, summaries, numpy_times(self.spec.networks), self.spec.device_keys)
 
     def _timing_phase(self) -> bool:
         """Exclusive timing: devices are timing (or about to): start no build now."""
@@ -220,7 +237,8 @@ class CampaignRunner:
     def _task_done(self, t: Task) -> bool:
         if t.in_flight:
             return False
-        if t.error or t.done_trials >= t.budget or t.tuner.done:
+        spent = t.done_trials >= t.budget if self.alloc is None else self.alloc.finished(t)
+        if t.error or spent or t.tuner.done:
             t.finished = True
         return t.finished
 
@@ -229,15 +247,17 @@ class CampaignRunner:
             return
         # Pipeline depth: a batch, plus one per device now free, so a grown fleet is kept fed.
         depth = self.spec.batch_size + self.free.get(t.key, 0)
-        room = min(depth - t.in_flight, t.budget - t.done_trials - t.in_flight)
+        limit = t.budget if self.alloc is None else self.alloc.limit(t)  # trials_total: what it was granted
+        left = limit - t.done_trials - t.in_flight
         # A proposal refits the model: ask for half a batch at a time, not one config per finished job.
-        chunk = min(max(1, self.spec.batch_size // 2), t.budget - t.done_trials - t.in_flight)
+        room, chunk = min(depth - t.in_flight, left), min(max(1, self.spec.batch_size // 2), left)
         if room > 0 and room >= chunk and not t.tuner.done:
             t.pending.extend(t.tuner.propose(room))
-        for idx in t.pending:
+        n = max(0, limit - t.done_trials - (t.in_flight - len(t.pending)))  # the default waits for a grant
+        for idx in t.pending[:n]:
             ref = build.remote(t.workload.ref(), list(t.wl.shape), idx, t.target)
             t.builds[ref] = Building(idx, time.monotonic())
-        t.pending.clear()
+        del t.pending[:n]
 
     def _collect_builds(self, out: list[Any]) -> bool:
         import ray
@@ -387,6 +407,8 @@ class CampaignRunner:
         score = g if t.flops > 0 or not result.ok else 1e-9 / max(result.median_s, 1e-12)
         t.tuner.observe([(idx, score)])
         t.done_trials += 1
+        if self.alloc is not None:
+            self.alloc.observe(t, result)
         self.measured += 1
         self._note(t, idx, g, result.ok, result.median_s if result.ok else None, result.checked)
         if not result.ok:
@@ -415,4 +437,8 @@ class CampaignRunner:
         gbps = t.nbytes / t.best_s / 1e9 if t.best_s and t.nbytes else 0.0
         return TaskSummary(t.name, t.wl.name, t.wl.shape, t.key, t.done_trials, t.errors, t.best_gflops,
                            t.best_index, t.default_gflops, t.wl_hash, t.best_s, t.default_s, gbps, t.checked,
-                           t.error)
+                           t.error or self._starved(t), t.weight)
+
+    def _starved(self, t: Task) -> str:
+        starved = self.alloc is not None and self.alloc.starved(t) and t.best_s is None
+        return "starved: every trial failed, the scheduler gave it no more" if starved else ""

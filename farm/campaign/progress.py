@@ -73,6 +73,9 @@ def results_table(result: Any) -> str:
         names.setdefault(t.workload, set()).add(t.workload_hash)
     head = (f"{'workload':<22} {'shape':<22} {'device':<10} {'trials':>6} {'errors':>6} {'best ms':>10} "
             f"{'GFLOPS':>9} {'GB/s':>7} {'speedup':>8} {'checked':>8}  best config")
+    weighted = any(t.weight != 1 for t in result.tasks)
+    if weighted:
+        head += "  x count"
     rows = [head, "-" * len(head)]
     failed = []
     for t in result.tasks:
@@ -91,10 +94,29 @@ def results_table(result: Any) -> str:
         rows.append(
             f"{label[:22]:<22} {shape[:22]:<22} {t.device_key:<10} {t.trials:>6} {t.errors:>6} "
             f"{t.best_s * 1e3:10.4f} {t.best_gflops:9.2f} {gb} {sp} {t.checked:>3}/{ok_count:<4}  "
-            f"{t.best_index if t.best_index is not None else '-'}"
+            f"{t.best_index if t.best_index is not None else '-'}" + (f"  x{t.weight:g}" if weighted else "")
         )
+    rows += budget_lines(result)
     rows.append(f"log: {result.log}   ({result.measured} measured now, {result.resumed} resumed from the log, "
                 f"{result.wall_s:.1f}s)")
     if failed:
         rows.append(f"{len(failed)} task(s) found no correct config: " + ", ".join(t.task for t in failed))
     return "\n".join(rows)
+
+
+def budget_lines(result: Any) -> list[str]:
+    """trials_total campaigns: each device key's budget; networks: the weighted end-to-end sums."""
+    rows = []
+    for key, a in sorted((getattr(result, "allocation", None) or {}).items()):
+        starved = f"; starved: {', '.join(a['starved'])}" if a["starved"] else ""
+        rows.append(f"budget {key}: {a['spent']}/{a['budget']} trials, {a['policy']} scheduler, "
+                    f"{len(a['grants'])} batches{starved}")
+    for n in getattr(result, "networks", None) or []:
+        sp = f"{n['speedup']:.2f}x numpy" if n["speedup"] else "-"
+        rows.append(f"end to end {n['network']} batch {n['batch']} on {n['device_key']}: sum of count x best "
+                    f"latency {n['ours_s'] * 1e3:.3f} ms, numpy {n['numpy_s'] * 1e3:.3f} ms ({sp}; numpy per layer "
+                    f"on this host); {n['tuned']}/{n['layers']} layers tuned")
+        if n["not_tuned"]:
+            rows.append(f"  not tuned (numpy time counted): {', '.join(n['not_tuned'][:12])}"
+                        + (f" and {len(n['not_tuned']) - 12} more" if len(n["not_tuned"]) > 12 else ""))
+    return rows

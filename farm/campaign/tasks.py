@@ -76,6 +76,7 @@ class Task:
     nbytes: int = 0  # argument bytes, for GB/s
     best_s: float | None = None
     default_s: float | None = None
+    weight: float = 1.0  # occurrences in the campaign's networks: its latency's weight end to end
 
     @property
     def name(self) -> str:
@@ -103,6 +104,7 @@ class TaskSummary:
     best_gbps: float = 0.0
     checked: int = 0
     error: str = ""
+    weight: float = 1.0
 
     @property
     def ok(self) -> bool:
@@ -120,7 +122,7 @@ class TaskSummary:
                 "workload_hash": self.workload_hash, "trials": self.trials, "errors": self.errors,
                 "best_gflops": self.best_gflops, "best_s": self.best_s, "best_gbps": self.best_gbps,
                 "best_index": self.best_index, "default_gflops": self.default_gflops, "speedup": self.speedup,
-                "checked": self.checked, "ok": self.ok, "error": self.error}
+                "checked": self.checked, "ok": self.ok, "error": self.error, "weight": self.weight}
 
 
 @dataclass
@@ -137,6 +139,10 @@ class CampaignResult:
     resubmitted: int = 0  # jobs submitted again after a lost tracker connection
     reconnects: int = 0
     idle_timeline: list[tuple[float, float, float]] = field(default_factory=list)  # see idle.py
+    # trials_total campaigns: per device key, the budget, what was spent, each grant (task, trials, why)
+    # and the estimated weighted latency after each trial (trials spent, seconds)
+    allocation: dict[str, Any] = field(default_factory=dict)
+    networks: list[dict[str, Any]] = field(default_factory=list)  # baselines.end_to_end, per network and key
 
     def idle_fraction_between(self, t0: float, t1: float) -> float | None:
         """Device idle share between t0 and t1 seconds after the start (tracker's view)."""
@@ -147,4 +153,5 @@ class CampaignResult:
                 "wall_s": self.wall_s, "measured": self.measured, "resumed": self.resumed,
                 "build_nodes": self.build_nodes, "device_idle_fraction": self.device_idle_fraction,
                 "builds_s": self.builds_s, "resubmitted": self.resubmitted, "reconnects": self.reconnects,
-                "device_idle_fraction_trained": self.idle_fraction_between(self.wall_s / 2, self.wall_s)}
+                "device_idle_fraction_trained": self.idle_fraction_between(self.wall_s / 2, self.wall_s),
+                "allocation": self.allocation, "networks": self.networks}
