@@ -19,26 +19,27 @@ Chunked request bodies are refused (no client of ours sends one).
 
 The page loads nothing from outside the farm: the Content-Security-Policy is
 ``default-src 'self'`` with no inline script or style, and the script fills the page with
-text nodes only. JSON answers are cached for ``CACHE_S`` so that many pollers cost the
-tracker's loop about what one does.
+text nodes only.
+
+The server runs on a thread and event loop of its own, so a busy tracker loop never delays
+an answer and an HTTP client never delays a dispatch; the JSON documents are rendered on the
+tracker's loop and handed over as bytes (``rpc.webdocs``).
 """
 from __future__ import annotations
 
 import asyncio
 import html
 import ipaddress
-import json
 import logging
 import ssl
-import time
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from rpc.ratelog import PerPeerLog
-from rpc.view import FarmView
 from rpc.webauth import WebAuth
+from rpc.webdocs import Documents, FarmSource
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,6 @@ REQUEST_TIMEOUT_S = 15.0  # a keep-alive connection idle this long is closed too
 WRITE_TIMEOUT_S = 10.0
 MAX_CONNECTIONS = 256
 MAX_REQUESTS_PER_CONNECTION = 10_000
-CACHE_S = 0.25
 STATIC_DIR = Path(__file__).with_name("static")
 STATIC = {"/static/app.js": ("app.js", "text/javascript; charset=utf-8"),
           "/static/app.css": ("app.css", "text/css; charset=utf-8")}
@@ -56,15 +56,8 @@ CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self';
        "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
 REASONS = {200: "OK", 303: "See Other", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
            405: "Method Not Allowed", 408: "Request Timeout", 413: "Content Too Large",
-           431: "Request Header Fields Too Large", 500: "Internal Server Error", 501: "Not Implemented"}
-
-
-class FarmSource(Protocol):
-    """What the page reads: the tracker (``rpc.tracker.Tracker``)."""
-
-    view: FarmView
-
-    def summary(self) -> dict[str, Any]: ...
+           431: "Request Header Fields Too Large", 500: "Internal Server Error", 501: "Not Implemented",
+           503: "Service Unavailable"}
 
 
 def is_loopback(host: str) -> bool:
@@ -127,38 +120,66 @@ class HttpError(Exception):
 
 
 class WebServer:
-    """The page and the API of one tracker. ``start(host, port)``, then ``stop()``."""
+    """The page and the API of one tracker: ``await start(host, port)`` and ``await stop()`` on the
+    tracker's loop; the HTTP server itself runs on a thread of its own (the module doc says why)."""
 
-    def __init__(self, source: FarmSource, token: bytes, *, ssl_context: ssl.SSLContext | None = None,
-                 cache_s: float = CACHE_S) -> None:
-        self.source = source
+    def __init__(self, source: FarmSource, token: bytes, *, ssl_context: ssl.SSLContext | None = None) -> None:
+        self.docs = Documents(source)
         self.auth = WebAuth(token, secure=ssl_context is not None)
         self.ssl_context = ssl_context
-        self.cache_s = cache_s
-        self._cache: dict[str, tuple[float, bytes]] = {}
         self._static = {path: (STATIC_DIR / name).read_bytes() for path, (name, _) in STATIC.items()}
         self._index = (STATIC_DIR / "index.html").read_bytes()
         self._login = (STATIC_DIR / "login.html").read_text()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._refusals = PerPeerLog(log)
         self.requests = 0
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
+        self.docs.start()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="kf-web", daemon=True)
+        self._thread.start()
+        try:
+            host, port = await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._listen(host, port),
+                                                                                    self._loop))
+        except BaseException:
+            await self.stop()
+            raise
+        log.info("tracker page on %s://%s:%d/", "https" if self.ssl_context else "http", host, port)
+        return host, port
+
+    async def _listen(self, host: str, port: int) -> tuple[str, int]:
         self._server = await asyncio.start_server(self._on_connection, host, port, limit=MAX_HEAD,
                                                   ssl=self.ssl_context,
                                                   ssl_handshake_timeout=10.0 if self.ssl_context else None)
         sock = self._server.sockets[0].getsockname()
-        log.info("tracker page on %s://%s:%d/", "https" if self.ssl_context else "http", sock[0], sock[1])
         return sock[0], sock[1]
 
-    async def stop(self) -> None:
+    async def _close(self) -> None:
         if self._server is not None:
             self._server.close()
         for w in list(self._writers):
             w.transport.abort()
         if self._server is not None:
             await self._server.wait_closed()
+
+    async def stop(self) -> None:
+        self.docs.stop()
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._close(), loop)), 5.0)
+        except (TimeoutError, RuntimeError) as e:
+            log.info("page server did not close cleanly: %r", e)
+        loop.call_soon_threadsafe(loop.stop)
+        await asyncio.to_thread(thread.join, 5.0)
+        if not thread.is_alive():
+            loop.close()
+        self._loop = self._thread = None
 
     # ---- connections -----------------------------------------------------------------------
     async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -180,7 +201,7 @@ class WebServer:
                 if req is None:
                     return
                 try:
-                    resp = self.handle(req, peer)
+                    resp = await self.handle(req, peer)
                 except Exception:  # a bug answers 500 and is logged; the tracker goes on
                     log.exception("http %s %s", req.method, req.path[:200])
                     resp = Response(500, b"internal error\n")
@@ -251,8 +272,8 @@ class WebServer:
         return True
 
     # ---- routes ----------------------------------------------------------------------------
-    def handle(self, req: Request, peer: str = "") -> Response:
-        """One request's answer (synchronous: it only reads the tracker's memory)."""
+    async def handle(self, req: Request, peer: str = "") -> Response:
+        """One request's answer (on the page's loop: tracker state only through ``self.docs``)."""
         self.requests += 1
         if req.method not in ("GET", "HEAD", "POST"):
             return Response(405, b"GET, HEAD or POST\n", headers=[("Allow", "GET, HEAD, POST")])
@@ -273,7 +294,7 @@ class WebServer:
             if not authed:
                 return Response(401, b'{"error": "unauthorized: log in, or send Authorization: Bearer TOKEN"}\n',
                                 "application/json", headers=[("WWW-Authenticate", 'Bearer realm="kernelfarm"')])
-            return self._api(req.path)
+            return await self._api(req.path)
         return Response(404, b"not found\n")
 
     def _login_page(self, status: int = 200, error: str = "") -> Response:
@@ -288,29 +309,9 @@ class WebServer:
             return self._login_page(401, "Wrong token." if given else "Enter the farm's token.")
         return Response(303, headers=[("Location", "/"), ("Set-Cookie", self.auth.set_cookie())])
 
-    def _api(self, path: str) -> Response:
-        now = time.monotonic()
-        hit = self._cache.get(path)
-        if hit is not None and now - hit[0] < self.cache_s:
-            return Response(200, hit[1], "application/json")
-        data = self._api_data(path, now)
-        if data is None:
-            return Response(404, b'{"error": "not found"}\n', "application/json")
-        body = json.dumps(data, separators=(",", ":"), allow_nan=False, default=str).encode()
-        if len(self._cache) > 256:  # curve paths of campaigns long gone
-            self._cache.clear()
-        self._cache[path] = (now, body)
-        return Response(200, body, "application/json")
-
-    def _api_data(self, path: str, now: float) -> dict[str, Any] | None:
-        view = self.source.view
-        if path == "/api/summary":
-            return self.source.summary()
-        if path == "/api/devices":
-            return view.devices_json(self.source.summary(), now)
-        if path == "/api/campaigns":
-            return view.campaigns_json(now)
-        prefix, suffix = "/api/campaigns/", "/curve"
-        if path.startswith(prefix) and path.endswith(suffix) and len(path) > len(prefix) + len(suffix):
-            return view.curve_json(unquote(path[len(prefix):-len(suffix)]))
-        return None
+    async def _api(self, path: str) -> Response:
+        try:
+            doc = await self.docs.get(path)
+        except TimeoutError:
+            return Response(503, b'{"error": "the tracker is too busy to answer; try again"}\n', "application/json")
+        return Response(doc.status, doc.body, "application/json")
