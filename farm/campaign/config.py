@@ -194,8 +194,7 @@ def _workload(ctx: Ctx, node: yaml.Node, n: int, base: Path) -> WorkloadSpec | A
 def _network(ctx: Ctx, m: dict[str, tuple[yaml.Node, yaml.Node]], where: str, base: Path) -> Any:
     """A ``network:`` entry: its file parsed (errors located there), each tuned layer resolved to a
     workload; returns (NetworkSpec, [WorkloadSpec weighted by occurrences])."""
-    from farm.campaign.network import OPS, NetworkConfigError, find_network, load_network, presets
-    from farm.errors import ConfigError
+    from farm.campaign.network import OPS, find_network, load_network, presets
 
     for k, (knode, _) in m.items():
         if k not in NETWORK_KEYS:
@@ -212,6 +211,15 @@ def _network(ctx: Ctx, m: dict[str, tuple[yaml.Node, yaml.Node]], where: str, ba
         net = replace(net, layers=tuple(ly for ly in net.layers if ly.op in ops))
         if not net.layers:
             raise ctx.error(m["ops"][1], f"{where}.ops", f"no layer of {net.name} is one of these operators")
+    return resolve_network(net)
+
+
+def resolve_network(net: Any) -> tuple[Any, list[WorkloadSpec]]:
+    """Each tuned layer of a network.NetworkSpec resolved to its workload (errors located in the
+    network file): the spec with each layer's workload name, and the weighted tasks."""
+    from farm.campaign.network import NetworkConfigError
+    from farm.errors import ConfigError
+
     specs: dict[tuple[str, tuple[int, ...], str], WorkloadSpec] = {}
     layers = []
     for ly in net.layers:

@@ -269,3 +269,73 @@ def export_best(log_path: str | os.PathLike[str], workload: str, out_dir: str | 
     checked = check_on_host(art, workload=wl) if check else False
     files = write_export(out_dir, art, record, str(log_path), force=force)
     return ExportResult(Path(out_dir), record, art, files, checked)
+
+
+NETWORK_FILE = "network.json"
+
+
+@dataclass(frozen=True)
+class NetworkLayer:
+    """One layer of a network, as the caller resolved it: ``workload`` is the name its task's records
+    carry ("" when nothing tunes it), ``kernel`` a user kernel's Workload (None for a built-in)."""
+
+    label: str
+    op: str
+    count: int
+    workload: str
+    args: tuple[int, ...]
+    kernel: Any = None
+
+
+def export_network(log_path: str | os.PathLike[str], network: str, layers: Sequence[NetworkLayer],
+                   out_dir: str | os.PathLike[str], device: str | None = None, check: bool = True,
+                   force: bool = False, batch: int = 1) -> dict[str, Any]:
+    """Export every tuned layer of a network on one device key into ``out_dir``: one directory per
+    distinct kernel (``<workload>_<shape>``, the four files of :func:`write_export`) and
+    ``network.json``, which lists every layer, its count, its directory, or why it has none."""
+    records = load_log(log_path).records
+    tuned = {(ly.workload, ly.args) for ly in layers if ly.workload}
+    devices = sorted({r.device_key for r in records if r.ok and (r.workload, r.args) in tuned})
+    if device is None and len(devices) > 1:
+        raise ExportError(f"{log_path}: {network} was tuned on several devices ({', '.join(devices)}); "
+                          "pick one with --device")
+    if device is None and not devices:
+        raise ExportError(f"{log_path}: no successful record of any layer of {network}")
+    device = device or devices[0]
+    d = Path(out_dir)
+    if (d / NETWORK_FILE).exists() and not force:
+        raise ExportError(f"{d} already holds a network export ({NETWORK_FILE}); use --force to replace it")
+    done: dict[tuple[str, tuple[int, ...]], dict[str, Any]] = {}
+    rows = []
+    for ly in layers:
+        row: dict[str, Any] = {"layer": ly.label, "op": ly.op, "count": ly.count, "workload": ly.workload,
+                               "args": list(ly.args)}
+        key = (ly.workload, ly.args)
+        if not ly.workload:
+            row["not_exported"] = "not tuned: no workload computes this operator"
+        elif key in done:
+            row.update(done[key])
+        else:
+            wl_hash = ly.kernel.compute_hash(ly.args) if ly.kernel is not None else None
+            try:
+                rec = select_record(records, ly.workload, device, ly.args, str(log_path), workload_hash=wl_hash)
+            except ExportError as e:
+                done[key] = {"not_exported": str(e)}
+            else:
+                sub = f"{ly.workload}_{'x'.join(map(str, ly.args))}"
+                art = rebuild(rec, ly.kernel).artifact
+                checked = check_on_host(art, workload=ly.kernel) if check else False
+                write_export(d / sub, art, rec, str(log_path), force=force)
+                done[key] = {"directory": sub, "config": rec.config, "median_ms": rec.median_s * 1e3,
+                             "gflops": rec.gflops, "checked_here": checked}
+            row.update(done[key])
+        rows.append(row)
+    exported = [r for r in rows if "directory" in r]
+    meta = {"format": "kernelfarm-network-export", "version": EXPORT_VERSION, "network": network, "batch": batch,
+            "device_key": device, "log": str(log_path), "exported_at": time.time(),
+            "kernels": len({r["directory"] for r in exported}),
+            # the tuned layers only: a layer without a kernel here runs elsewhere
+            "tuned_sum_ms": sum(r["count"] * r["median_ms"] for r in exported), "layers": rows}
+    d.mkdir(parents=True, exist_ok=True)
+    (d / NETWORK_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    return meta

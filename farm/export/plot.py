@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from farm.errors import FarmError
@@ -127,3 +127,68 @@ def plot_curves(curves: list[TaskCurve], out: str | os.PathLike[str], title: str
     fig.savefig(os.fspath(out), bbox_inches="tight")
     plt.close(fig)  # type: ignore[attr-defined]
     log.info("wrote %s (%d tasks)", out, len(curves))
+
+
+# --- a network: estimated end-to-end latency against trials spent ------------------------------------
+
+Weights = dict[tuple[str, tuple[int, ...]], float]  # (workload name, args) -> occurrences in the network
+
+
+@dataclass
+class NetworkCurve:
+    """Estimated end-to-end latency (sum of weight x best latency so far) after each trial spent on
+    a network's tasks; it starts once every task has a correct result."""
+
+    label: str
+    trials: list[int] = field(default_factory=list)
+    latency_s: list[float] = field(default_factory=list)
+
+
+def network_curve(records: Sequence[LogRecord], weights: Weights, device: str | None = None,
+                  label: str = "") -> NetworkCurve:
+    """The curve of one device key's campaign on ``weights``' tasks, trials counted in log order."""
+    keys = {r.device_key for r in records if (r.workload, r.args) in weights} if device is None else {device}
+    if len(keys) > 1:
+        raise PlotError(f"the network was tuned on several device keys ({', '.join(sorted(keys))}); "
+                        "pick one with --device")
+    best: dict[tuple[str, tuple[int, ...]], float] = {}
+    out = NetworkCurve(label or f"on {next(iter(keys), '?')}")
+    n = 0
+    for r in records:
+        k = (r.workload, tuple(r.args))
+        if k not in weights or r.device_key not in keys:
+            continue
+        n += 1
+        if r.ok and r.costs and (k not in best or r.median_s < best[k]):
+            best[k] = r.median_s
+        if len(best) == len(weights):
+            out.trials.append(n)
+            out.latency_s.append(sum(w * best[t] for t, w in weights.items()))
+    return out
+
+
+def plot_network(curves: list[NetworkCurve], out: str | os.PathLike[str], title: str = "",
+                 numpy_s: float | None = None) -> None:
+    """Draw estimated end-to-end latency (ms) against trials spent, one line per curve; ``numpy_s``,
+    the same sum of numpy baselines, as a horizontal line."""
+    curves = [c for c in curves if c.trials]
+    if not curves:
+        raise PlotError("no curve to plot: no trial left every task of the network with a correct result")
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(9, 5.5), dpi=120)  # type: ignore[attr-defined]
+    for c in curves:
+        ms = [s * 1e3 for s in c.latency_s]
+        ax.step(c.trials, ms, where="post", linewidth=2.0,
+                label=f"{c.label}: {ms[-1]:.2f} ms after {c.trials[-1]} trials")
+    if numpy_s:
+        ax.axhline(numpy_s * 1e3, color="0.4", linestyle="--", linewidth=1.2,
+                   label=f"numpy baselines: {numpy_s * 1e3:.2f} ms")
+    ax.set_xlabel("trials spent (all the network's tasks on the device key)")
+    ax.set_ylabel("estimated end-to-end latency, ms (sum of count x best latency)")
+    ax.set_title(title or "Estimated end-to-end latency against trials")
+    ax.set_ylim(bottom=0)
+    ax.grid(True, alpha=0.35)
+    ax.legend(loc="upper right", fontsize=8)
+    fig.savefig(os.fspath(out), bbox_inches="tight")
+    plt.close(fig)  # type: ignore[attr-defined]
+    log.info("wrote %s (%d curves)", out, len(curves))
