@@ -44,6 +44,8 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from peak import measured_peak_gflops  # noqa: E402
+
 from farm.campaign.sinks import FileSink  # noqa: E402
 from farm.errors import TargetError  # noqa: E402
 from farm.log import LogRecord  # noqa: E402
@@ -346,6 +348,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         # Other work on the machine hits OpenBLAS's spinning workers harder than our kernels: say how busy it was.
         figures["loadavg_1m_compare_start"] = round(os.getloadavg()[0], 2)
+        peaks = [measured_peak_gflops(seconds=0.25, tries=8)]  # before and after: other work only lowers a try
         for case, wl_name, shape, base in cases:
             tuned = top_configs(recs, wl_name, shape, args.top)
             figs, gf = compare_case(case, wl_name, shape, base, target, tuned, rounds, min_s)
@@ -364,9 +367,8 @@ def main(argv: list[str] | None = None) -> int:
     print("numpy baseline: matmul/batch_matmul = a @ b (OpenBLAS); dense = np.maximum(a @ b + bias, 0); "
           f"conv2d = im2col + matmul in numpy. Target: {target}")
     figures["loadavg_1m_compare_end"] = round(os.getloadavg()[0], 2)
-    from peak import measured_peak_gflops
-
-    pk = measured_peak_gflops(tries=5)
+    peaks.append(measured_peak_gflops(seconds=0.25, tries=8))
+    pk = max(peaks, key=lambda p: p["peak_gflops"])
     best_ours = max(v for _, _, gf in rows for k, v in gf.items() if k != "numpy")
     best_any = max(best_ours, *(gf["numpy"] for _, _, gf in rows))
     figures.update({"peak_gflops": round(pk["peak_gflops"], 1), "peak_1core_gflops": round(pk["peak_1core_gflops"], 1),
@@ -381,6 +383,11 @@ def main(argv: list[str] | None = None) -> int:
         spt = figures["seconds_per_trial"]
         print(f"tuning: {figures['trials_measured']} trials measured in {figures['tuning_wall_s']}s on the embedded "
               f"farm" + (f" ({spt:.2f}s per trial)" if spt else ""))
+    busy = max(figures["loadavg_1m_compare_start"], figures["loadavg_1m_compare_end"])
+    if busy > 1.5 * host["cores"]:
+        print(f"warning: load average {busy:.1f} on {host['cores']} cores while timing: other work shared the cores, "
+              "these figures (numpy's most: OpenBLAS's workers spin) say more about it than about the kernels",
+              file=sys.stderr)
     if args.json:
         print(json.dumps(figures))
     return 0
