@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import quote
 
@@ -170,3 +171,18 @@ def test_farm_query_json_and_the_api_agree() -> None:
         assert strip[0] == strip[1] and {d["name"] for d in api["devices"]} == {"dev-a", "dev-b"}
         for c in conns:
             c.abort()
+
+
+def test_a_lost_device_stays_lost_at_least_ten_minutes_and_tombstones_are_bounded() -> None:
+    from rpc import view as v
+
+    fv = v.FarmView()
+    for i in range(v.MAX_TOMBSTONES + 3):
+        dev = SimpleNamespace(key="k", name=f"d{i}", fingerprint={}, jobs_done=i, running=set(), last_seen=0.0)
+        fv.device_joined(f"dev{i}", dev)
+        fv.device_lost(f"dev{i}", "heartbeat lapsed", [], now=float(i) / 1000)
+    assert len(fv.tombstones) == v.MAX_TOMBSTONES and ("k", "d0") not in fv.tombstones  # the oldest left first
+    fv.prune(now=10 * 60.0)
+    assert len(fv.tombstones) == v.MAX_TOMBSTONES and v.TOMBSTONE_S >= 10 * 60
+    fv.prune(now=v.TOMBSTONE_S + 2.0)
+    assert not fv.tombstones

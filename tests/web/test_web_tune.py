@@ -86,3 +86,39 @@ workloads:
         finally:
             leaked = farm.close()
         assert not leaked, f"processes outlived the farm: {leaked}"
+
+
+def test_the_ray_tracker_serves_the_page_and_keeps_its_port_across_a_restart(tmp_path: Path) -> None:
+    from tests.support import procs
+    from tests.support.raycluster import free_port
+
+    token = "ray-page-token"
+    with RayHead(num_cpus=1) as head:
+        env = dict(head.env, FARM_TOKEN=token, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+        port, page = free_port(), free_port()
+
+        def tracker(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([sys.executable, "-m", "farm.cli", "tracker", "--ray", *args], env=env,
+                                  capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL)
+
+        try:
+            r = tracker("--port", str(port), "--heartbeat", "0.5", "--http", f"127.0.0.1:{page}")
+            assert r.returncode == 0, r.stderr[-3000:]
+            assert f"tracker page on http://127.0.0.1:{page}/" in r.stdout, r.stdout
+            assert api(page, token, "/api/summary")["devices"] == []
+            off = tracker("--port", str(port), "--http", "0.0.0.0:0")  # off loopback without TLS
+            assert off.returncode == 1 and "needs TLS" in off.stderr, off.stderr
+            m = re.search(r"pid (\d+)", r.stdout)
+            assert m
+            procs.kill_all([int(m.group(1))])  # Ray restarts the actor: the page comes back on its port
+            deadline = time.monotonic() + 90
+            while True:
+                try:
+                    assert api(page, token, "/api/devices")["devices"] == []
+                    break
+                except (OSError, AssertionError):
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.5)
+        finally:
+            tracker("--stop")
