@@ -170,15 +170,16 @@ fi
 run "$VENV/bin/python" -m pip install --quiet --upgrade pip
 run "$VENV/bin/python" -m pip install --quiet 'numpy>=1.26' 'llvmlite>=0.45' 'pyyaml>=6.0'
 run "$VENV/bin/python" -m pip install --quiet --no-deps --force-reinstall "$WHEEL"
-# A wheel from devices/wheel.py has no console script: provide `farm` ourselves.
+# A wheel from devices/fleet/wheel.py has no console script and only the device side: provide
+# `farm` ourselves, as the device commands (farm serve, farm tracker) of rpc.cli.
 if [ "$DRY_RUN" -eq 1 ] || [ ! -x "$VENV/bin/farm" ]; then
     put_file "$VENV/bin/farm" 0755 "#!$VENV/bin/python
 import sys
-from farm.cli import main
+from rpc.cli import main
 sys.exit(main())"
 fi
 # Fail here, not in the unit's restart loop, if the kernel loader cannot import.
-run "$VENV/bin/python" -c 'import farm.cli, devices.cpu, llvmlite.binding, numpy'
+run "$VENV/bin/python" -c 'import rpc.cli, devices.cpu, llvmlite.binding, numpy'
 # The units' Documentation= points here.
 if [ -f "$SCRIPT_DIR/README.md" ]; then
     install_copy "$SCRIPT_DIR/README.md" "$PREFIX/deploy/README.md"

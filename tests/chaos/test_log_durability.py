@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 WRITER = r"""
 import hashlib, sys
 from farm.log import LogRecord, LogWriter, load_log
-from farm.measure import Outcome
+from farm.records.measure import Outcome
 
 path, total, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 

@@ -40,8 +40,8 @@ def test_neon_in_aarch64_assembly() -> None:
 
 RUNNER = r"""
 import json, sys
-from farm.artifact import Artifact
-from farm.measure import RunOptions
+from farm.records.artifact import Artifact
+from farm.records.measure import RunOptions
 from devices.cpu import CpuBackend
 out = []
 for path in sys.argv[1:]:
