@@ -93,10 +93,11 @@ class Allocation:
 
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
+        sched = self.sched
         for key in self.spec.device_keys:
             out[key] = {
-                "budget": self.sched.budgets[key], "spent": self.sched.spent(key), "policy": self.sched.policy,
-                "grants": [[self.names[i], n, why] for i, n, why in self.sched.log if self.sched.tasks[i].key == key],
+                "budget": sched.budgets[key], "spent": sched.spent(key), "policy": sched.policy,
+                "grants": [[self.names[i], n, why] for i, n, why in sched.grants if sched.tasks[i].key == key],
                 "starved": [self.names[i] for i, x in enumerate(self.sched.tasks) if x.key == key and x.starved],
                 "estimated_latency": [[n, s] for n, s in self.curves[key]],
             }

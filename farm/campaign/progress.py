@@ -28,7 +28,8 @@ class Progress:
         bar_w = 20
         frac = min(1.0, t.done_trials / max(1, t.budget))
         bar = "#" * int(frac * bar_w) + "." * (bar_w - int(frac * bar_w))
-        state = "done" if t.finished else f"{t.in_flight:>2} in flight"
+        # A config proposed but not started (a trials_total task's default, waiting for its grant) is not in flight.
+        state = "done" if t.finished else f"{t.in_flight - len(t.pending):>2} in flight"
         return (f"{t.name:<44} [{bar}] {t.done_trials:>4}/{t.budget:<4} best {t.best_gflops:8.2f} GFLOPS  "
                 f"errors {t.errors:<3} {state}")
 

@@ -65,7 +65,7 @@ class TaskScheduler:
         self.starve_after = starve_after if starve_after is not None else warmup + batch
         self.tasks: list[SchedTask] = []
         self._similar: dict[tuple[str, str], float] = {}  # (key, group) -> best GFLOPS of another shape
-        self.log: list[tuple[int, int, str]] = []  # (task, trials, why) per grant: "warm-up" | "gradient" | ...
+        self.grants: list[tuple[int, int, str]] = []  # (task, trials, why) per grant: "warm-up" | "gradient" | ...
 
     # --- what the driver tells it ------------------------------------------------------------------
     def add_task(self, key: str, weight: float, flops: float, group: str) -> int:
@@ -187,7 +187,7 @@ class TaskScheduler:
         t = self.tasks[task]
         t.granted += n
         t.allocations.append(n)
-        self.log.append((task, n, why))
+        self.grants.append((task, n, why))
         return task, n
 
     def weighted_latency(self, key: str) -> float | None:

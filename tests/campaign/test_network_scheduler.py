@@ -29,7 +29,7 @@ def run(s: TaskScheduler, key: str, model: dict[int, tuple[float, float]], fail:
 def shares(s: TaskScheduler, after: int = 0) -> list[int]:
     """Trials granted per task, counting grants from the ``after``-th on."""
     out = [0] * len(s.tasks)
-    for i, n, _ in s.log[after:]:
+    for i, n, _ in s.grants[after:]:
         out[i] += n
     return out
 
@@ -47,10 +47,10 @@ MODEL = {0: (10e-3, 2e-3), 1: (10e-3, 2e-3)}  # two identical tasks
 def test_warm_up_is_round_robin_then_the_weight_decides() -> None:
     s = two_tasks(10, 1)
     run(s, "x86", MODEL)
-    assert s.log[:2] == [(0, 4, "warm-up"), (1, 4, "warm-up")]
+    assert s.grants[:2] == [(0, 4, "warm-up"), (1, 4, "warm-up")]
     after = shares(s, 2)
     # Pass: the task with ten times the weight gets at least 6 of the 7 batches after the warm-up.
-    assert after[0] >= 48 and sum(after) == 56, s.log
+    assert after[0] >= 48 and sum(after) == 56, s.grants
     assert s.spent("x86") == 64 and s.remaining("x86") == 0
 
 
@@ -60,14 +60,14 @@ def test_equal_weights_share_the_budget() -> None:
     run(s, "x86", MODEL)
     after = shares(s, 2)
     # Pass: neither task gets more than 5 of the 7 batches (the 10x case gives one at least 6).
-    assert max(after) <= 40 and min(after) >= 16, s.log
+    assert max(after) <= 40 and min(after) >= 16, s.grants
 
 
 def test_round_robin_ignores_the_weights() -> None:
     s = two_tasks(10, 1, policy="round_robin")
     run(s, "x86", MODEL)
     after = shares(s, 2)
-    assert abs(after[0] - after[1]) <= 8, s.log
+    assert abs(after[0] - after[1]) <= 8, s.grants
 
 
 def test_gradient_prefers_the_slow_heavy_task() -> None:
@@ -101,7 +101,7 @@ def test_a_task_that_always_fails_is_starved() -> None:
     run(s, "k", model, fail={1})
     assert s.tasks[1].starved
     # Pass: the failing task gets its warm-up and one more batch (starve_after = warm-up + batch), no more.
-    assert s.tasks[1].granted == 12, s.log
+    assert s.tasks[1].granted == 12, s.grants
     assert s.tasks[0].granted == 188 and s.spent("k") == 200
 
 
@@ -150,7 +150,7 @@ def test_resume_continues_the_allocation() -> None:
             resumed.observe(i, latency(*model[i], n), resumed=True)
     assert resumed.spent("k") == 44
     run(resumed, "k", model)
-    assert all(why != "warm-up" for _, _, why in resumed.log)  # no second warm-up
+    assert all(why != "warm-up" for _, _, why in resumed.grants)  # no second warm-up
     assert [t.trials for t in resumed.tasks] == [t.trials for t in whole.tasks]
 
 
