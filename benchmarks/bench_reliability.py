@@ -20,10 +20,16 @@ Five parts, run one after another (never two heavy runs at once on a small machi
 5. restart: a re-dialling session (``farm.connect``) keeps measurements in flight while the
    tracker is SIGKILLed and restarted; ``measure_lost_on_restart`` counts those that never
    came back measured, or came back to the wrong job.
+6. http: the load run again (a tracker with ``--http``, 64 device servers, 4 campaigns that
+   also send a campaign_report every second) in alternating rounds without and with 10 HTTP
+   pollers doing what the live page does each second; ``http_p99_ms`` is the pollers' API
+   latency, ``dispatch_p99_ratio_with_pollers`` the median over ABBA pairs of the campaigns'
+   p99 job latency with pollers over without (tests/web/load_http.py).
 
 The last line with --json is one JSON object (keys: faults_injected, trials_planned,
 trials_logged, lost, duplicated, crashes, hangs, frames_fuzzed, load_*, tracker_*,
-wire_fields_fuzzed, deadline_poisoned, measure_lost_on_restart, restart_*).
+wire_fields_fuzzed, deadline_poisoned, measure_lost_on_restart, restart_*, http_p99_ms,
+dispatch_p99_ratio_with_pollers, http_*).
 """
 from __future__ import annotations
 
@@ -108,10 +114,24 @@ def restart(workdir: Path, quick: bool) -> dict[str, Any]:
     }
 
 
+def http(workdir: Path, quick: bool) -> dict[str, Any]:
+    from tests.web.load_http import run_http_load
+
+    r = run_http_load(workdir, devices=64, campaigns=4, pollers=10, pairs=6 if quick else 10,
+                      round_s=5.0 if quick else 8.0)
+    return {
+        "http_p99_ms": round(r.http_p99_ms, 2), "http_p50_ms": round(r.http_p50_ms, 2),
+        "http_requests": r.http_requests, "http_errors": r.http_errors, "http_over_50ms": r.http_over_50ms,
+        "dispatch_p99_ratio_with_pollers": round(r.ratio, 3), "http_pair_ratios": [round(x, 3) for x in r.ratios],
+        "http_rounds": [{k: round(v, 2) if isinstance(v, float) else v for k, v in rd.items()} for rd in r.rounds],
+        "http_startup_s": round(r.startup_s, 1), "http_crashes": int(not r.tracker_alive or bool(r.leaked)),
+    }
+
+
 # Parts in the order they run. Another part (e.g. "cli" -> cli_tracebacks, the CLI's error paths)
 # joins by adding its function here and its crash/hang counts to CRASH_KEYS / HANG_KEYS.
-PARTS = {"chaos": chaos, "fuzz": fuzz, "load": load, "wire": wire, "restart": restart}
-CRASH_KEYS = ("chaos_crashes", "fuzz_crashes", "load_crashes", "wire_crashes", "restart_crashes")
+PARTS = {"chaos": chaos, "fuzz": fuzz, "load": load, "wire": wire, "restart": restart, "http": http}
+CRASH_KEYS = ("chaos_crashes", "fuzz_crashes", "load_crashes", "wire_crashes", "restart_crashes", "http_crashes")
 HANG_KEYS = ("chaos_hangs", "fuzz_hangs", "wire_hangs")
 
 

@@ -4,7 +4,7 @@ The tracker's event loop is the farm's dispatcher; under load it has a queue of 
 an HTTP request served on it would wait its turn behind every result and heartbeat (the load
 run measured 130 ms p99 that way). So the page (``rpc.web``) runs its HTTP server on a thread
 and loop of its own and never reads the tracker's state from there. Instead the tracker's loop
-renders every document someone asked for in the last ``WANTED_S`` seconds, each ``publish_s``
+renders every document someone asked for in the last ``WANTED_S`` (3) seconds, each ``publish_s``
 (0.25 s), into bytes; the page's thread hands those bytes out as they are. A document nobody
 asked for lately (or one that went stale: a tracker loop too busy to publish) costs its first
 request one render on the tracker's loop. Many pollers therefore cost the tracker what one does:
@@ -22,7 +22,7 @@ from urllib.parse import unquote
 from rpc.view import FarmView
 
 PUBLISH_S = 0.25
-WANTED_S = 10.0
+WANTED_S = 3.0  # a page polls every second: three missed polls and it is gone
 MAX_DOCS = 256  # paths kept published (curves of campaigns count one each)
 RENDER_TIMEOUT_S = 10.0
 
