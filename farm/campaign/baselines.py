@@ -176,6 +176,13 @@ def end_to_end(networks: Sequence[NetworkSpec], tasks: Sequence[Any], numpy_s: T
     return out
 
 
+def network_sums(spec: Any, tasks: Sequence[Any]) -> list[dict[str, Any]]:
+    """A campaign's end-to-end lines (``end_to_end``), numpy timed here; [] without networks."""
+    if not spec.networks:
+        return []
+    return end_to_end(spec.networks, tasks, numpy_times(spec.networks), spec.device_keys)
+
+
 def _name(layer: Layer) -> str:
     """The workload name a tuned layer's task carries."""
     return layer.workload or layer.kernel

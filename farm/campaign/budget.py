@@ -91,6 +91,14 @@ class Allocation:
     def starved(self, t: Task) -> bool:
         return self.sched.tasks[self.ids[id(t)]].starved
 
+    def note(self, t: Task) -> str:
+        """Why a task without a correct result got no more trials ("" if it has one)."""
+        if t.best_s is not None:
+            return ""
+        if self.starved(t):
+            return "starved: every trial failed, the scheduler gave it no more"
+        return "no trials: its device key's trials_total ran out first" if t.done_trials == 0 else ""
+
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         sched = self.sched

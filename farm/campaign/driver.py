@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from farm.campaign.baselines import network_sums
 from farm.campaign.budget import Allocation
 from farm.campaign.config import CampaignSpec
 from farm.campaign.idle import IdleMeter
@@ -208,15 +209,7 @@ class CampaignRunner:
             self.spec.name, self.spec.log, summaries, wall, self.measured, self.resumed,
             dict(self.build_nodes), (self._idle_s / wall if wall > 0 else 0.0) if idle is None else idle,
             self.builds_s, self.resubmitted, self.link.reconnects, self.idle.timeline,
-            self.alloc.summary() if self.alloc else {}, self._end_to_end(summaries))
-
-    def _end_to_end(self, summaries: list[TaskSummary]) -> list[dict[str, Any]]:
-        """Per network and device key: sum of count x best latency, and of numpy baselines (timed here)."""
-        from farm.campaign.baselines import end_to_end, numpy_times
-
-        if not self.spec.networks:
-            return []
-        return end_to_end(self.spec.networks, summaries, numpy_times(self.spec.networks), self.spec.device_keys)
+            self.alloc.summary() if self.alloc else {}, network_sums(self.spec, summaries))
 
     def _timing_phase(self) -> bool:
         """Exclusive timing: devices are timing (or about to): start no build now."""
@@ -236,7 +229,9 @@ class CampaignRunner:
 
     def _task_done(self, t: Task) -> bool:
         if t.in_flight:
-            return False
+            if self.alloc is None or t.in_flight > len(t.pending) or not self.alloc.finished(t):
+                return False
+            t.pending.clear()  # proposed, never granted: its key's budget is spent
         spent = t.done_trials >= t.budget if self.alloc is None else self.alloc.finished(t)
         if t.error or spent or t.tuner.done:
             t.finished = True
@@ -437,8 +432,4 @@ class CampaignRunner:
         gbps = t.nbytes / t.best_s / 1e9 if t.best_s and t.nbytes else 0.0
         return TaskSummary(t.name, t.wl.name, t.wl.shape, t.key, t.done_trials, t.errors, t.best_gflops,
                            t.best_index, t.default_gflops, t.wl_hash, t.best_s, t.default_s, gbps, t.checked,
-                           t.error or self._starved(t), t.weight)
-
-    def _starved(self, t: Task) -> str:
-        starved = self.alloc is not None and self.alloc.starved(t) and t.best_s is None
-        return "starved: every trial failed, the scheduler gave it no more" if starved else ""
+                           t.error or (self.alloc.note(t) if self.alloc else ""), t.weight)
