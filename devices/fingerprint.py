@@ -270,13 +270,16 @@ def _clock_ir(triple: str, step: str) -> str:
 
 
 def clock_ghz(seconds: float = 0.01) -> float | None:
-    """This core's clock while running scalar code (None on an ISA without an add step here)."""
+    """This core's clock while running scalar code (None on an ISA without an add step here, or
+    when the measurement is implausible)."""
     host = Target.host()
     step = _ADD_STEP.get(host.arch)
     if step is None:
         return None
     _llvm().initialize_native_asmparser()  # MCJIT assembles the inline step
-    return _Jit(_clock_ir(host.triple, step), "kf_clock", ctypes.c_int64).best_rate(seconds) * _ADDS_PER_STEP / 1e9
+    ghz = _Jit(_clock_ir(host.triple, step), "kf_clock", ctypes.c_int64).best_rate(seconds) * _ADDS_PER_STEP / 1e9
+    # Outside this range the adds were not one per cycle (a core that folds them): no clock rather than a wrong one.
+    return ghz if 0.2 < ghz < 8.0 else None
 
 
 def micro_probe(caches: dict[str, int] | None = None, seconds: float = 0.01) -> dict[str, Any]:
@@ -302,6 +305,10 @@ def micro_probe(caches: dict[str, int] | None = None, seconds: float = 0.01) -> 
             "L1d": caches.get("L1d"), "L2": caches.get("L2"), "seconds": round(time.perf_counter() - t0, 3)}
 
 
+# Part of the cache key: a changed probe measures anew instead of trusting what an older one cached.
+PROBE_VERSION = 1
+
+
 def default_cache_dir() -> Path:
     return Path.home() / ".cache" / "kernelfarm"
 
@@ -310,7 +317,7 @@ def cached_probe(triple: str, cpu: str, features: list[str], caches: dict[str, i
                  cache_dir: Path | None = None) -> dict[str, Any]:
     """``micro_probe()``, measured once per machine: cached under ``cache_dir`` by triple,
     CPU name and features (a failed probe is reported, not cached)."""
-    key = {"triple": triple, "cpu_name": cpu, "cpu_features": list(features)}
+    key = {"probe_version": PROBE_VERSION, "triple": triple, "cpu_name": cpu, "cpu_features": list(features)}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     path = (cache_dir or default_cache_dir()) / f"probe-{cpu}-{digest}.json"
     try:

@@ -111,9 +111,11 @@ def test_probe_is_cached_per_machine(tmp_path: Path, monkeypatch: pytest.MonkeyP
     # another CPU (here: other features) is another machine: probed anew, cached apart
     other = fpmod.cached_probe(first["triple"], first["cpu_name"], ["sse2"], {}, tmp_path)
     assert other["n"] == 2 and len(list(tmp_path.glob("probe-*.json"))) == 2
-    # a cache file for another key under the same name is not trusted
+    # a cache file for another key under the same name is not trusted, nor one an older probe wrote
     files[0].write_text('{"key": {"cpu_name": "other"}, "probe": {"n": 99}}')
     assert cpu_fingerprint(cache_dir=tmp_path)["probe"]["n"] == 3
+    monkeypatch.setattr(fpmod, "PROBE_VERSION", fpmod.PROBE_VERSION + 1)
+    assert cpu_fingerprint(cache_dir=tmp_path)["probe"]["n"] == 4
 
 
 def test_probe_skipped_and_marked_under_emulation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
