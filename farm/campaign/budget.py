@@ -16,11 +16,6 @@ from farm.campaign.tasks import Task
 from farm.records.measure import MeasureResult, Outcome
 
 
-def _own(t: Task, r: Any) -> bool:
-    return (r.workload == t.wl.name and tuple(r.args) == tuple(t.wl.shape) and r.device_key == t.key
-            and r.workload_hash == t.wl_hash)
-
-
 class Allocation:
     """One budget per device key, shared by its tasks; resumes from the log's records."""
 
@@ -41,8 +36,11 @@ class Allocation:
         for r in records:  # what similar tasks (same operator, other shapes) reached on each device key
             if r.ok and r.gflops > 0 and r.device_key in keys:
                 self.sched.note_similar(r.device_key, r.workload, r.gflops)
-        for t in tasks:  # resume: the log's trials were spent; replaying them continues the allocation
-            for r in (r for r in records if _own(t, r)):
+        # Resume: the log's trials were spent; replaying them in log order continues the allocation.
+        mine = {(t.wl.name, tuple(t.wl.shape), t.key, t.wl_hash): t for t in tasks}
+        for r in records:
+            t = mine.get((r.workload, tuple(r.args), r.device_key, r.workload_hash))
+            if t is not None:
                 self._observe(t, r.median_s if r.ok else None, r.outcome is not Outcome.DEVICE_LOST, True)
 
     def limit(self, t: Task) -> int:
