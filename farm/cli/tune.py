@@ -28,7 +28,7 @@ def register(sub: Any) -> None:
     p.add_argument("--tracker", metavar="HOST:PORT", type=tracker_address,
                    help="use this farm (default: an embedded tracker + local device)")
     p.add_argument("--token-file", help="token for --tracker (default: $FARM_TOKEN)")
-    p.add_argument("--trials", type=int, help="override the budget per task")
+    p.add_argument("--trials", type=int, help="override the budget per task (per device key with trials_total)")
     p.add_argument("--log", help="override the log path ('tracker': the farm's shared log, with --tracker)")
     p.add_argument("--local-servers", type=int, default=1, help="device servers of the embedded farm")
     p.add_argument(
