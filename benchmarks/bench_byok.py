@@ -55,6 +55,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from farm.campaign.baselines import median_s
 from farm.campaign.sinks import FileSink  # noqa: E402
 from farm.log import LogRecord  # noqa: E402
 from farm.records.measure import MeasureResult, RunOptions  # noqa: E402
@@ -190,24 +191,8 @@ def candidates(wl: Any, shape: tuple[int, ...], wl_hash: str, recs: list[LogReco
 
 
 def numpy_median_s(fn: Callable[..., Any], arrays: list[np.ndarray], repeat: int, min_s: float) -> float:
-    """The median of ``repeat`` timings of ``fn(*arrays)``, each of as many calls as last ``min_s``
-    (one warm-up call first): the device's time_evaluator, in Python."""
-    fn(*arrays)
-    n = 1
-    while True:
-        t0 = time.perf_counter()
-        for _ in range(n):
-            fn(*arrays)
-        if time.perf_counter() - t0 >= min_s:
-            break
-        n *= 2
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        for _ in range(n):
-            fn(*arrays)
-        times.append((time.perf_counter() - t0) / n)
-    return statistics.median(times)
+    """The median of ``repeat`` timings of ``fn(*arrays)`` (farm.campaign.baselines' clock)."""
+    return median_s(fn, arrays, repeat=repeat, min_s=min_s)
 
 
 # --- the run ---------------------------------------------------------------------------------------
