@@ -86,8 +86,9 @@ class CudaBackend:
             try:
                 from devices.fingerprint import cpu_fingerprint
 
-                host = cpu_fingerprint()
+                host = cpu_fingerprint(probe=False)  # the CPU micro-probe says nothing about the GPU
                 fp["host"] = {k: host.get(k) for k in ("isa", "cpu_model", "cores", "memory_bytes", "os")}
+                fp["probe"] = {"skipped": "cuda"}
                 fp["versions"] = host.get("versions", {})
             except Exception:  # the host part is informative only; the GPU part is what matters
                 log.debug("host fingerprint unavailable", exc_info=True)
