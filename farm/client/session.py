@@ -263,11 +263,6 @@ def target_of(fingerprint: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
-def workload_artifact(name: str, shape: Sequence[int], config: dict[str, Any] | None, target: str) -> Artifact:
-    """Build one configuration of a registered workload for ``target``."""
-    return workload_job(name, shape, config, target)[0]
-
-
 def workload_job(kernel: str, shape: Sequence[int], config: Any, target: str,
                  options: RunOptions | None = None) -> tuple[Artifact, Artifact | None]:
     """Build one configuration of a workload (a built-in name, or a user kernel as FILE.py:function

@@ -56,10 +56,7 @@ def test_compare_detects_a_wrong_answer() -> None:
 
 
 def test_seeded_reference_is_cached_per_workload_and_seed() -> None:
-    from devices.check import expected_outputs
-
-    def seeded_reference(art, inputs, seed):  # type: ignore[no-untyped-def]
-        return expected_outputs(art, inputs, seed)
+    from devices.check import expected_outputs as seeded_reference
 
     art = build_workload("matmul", (8, 8, 8), "default").artifact
     a0 = seeded_inputs(art.args, seed=0)

@@ -152,7 +152,7 @@ def test_failures_are_per_host(tmp_path: Path, tracker: TrackerProcess, sshd_end
 def test_x86_and_emulated_arm_board_end_to_end(
     tmp_path: Path, tracker: TrackerProcess, sshd_endpoint: SshEndpoint, arm_root: ArmRoot
 ) -> None:
-    from farm.client.session import connect, workload_artifact
+    from farm.client.session import connect, workload_job
     from farm.records.measure import RunOptions
 
     wd = tmp_path / "board-home"
@@ -171,7 +171,7 @@ def test_x86_and_emulated_arm_board_end_to_end(
         results = {}
         with connect(tracker.address, token=tracker.token) as session:
             for key in ("x86", "rpi4"):
-                art = workload_artifact("matmul", [32, 32, 32], None, session.target(key))
+                art, _ = workload_job("matmul", [32, 32, 32], None, session.target(key))
                 results[key] = session.measure(art, key=key, options=RunOptions(timeout_s=120))
         for key, r in results.items():
             assert r.ok, (key, r.message)
