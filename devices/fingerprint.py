@@ -10,7 +10,8 @@ A real CPU also measures itself once (``probe``, well under a second, cached
 per machine under ``~/.cache/kernelfarm`` by CPU name and features): FMA
 latency and throughput per vector width from independent FMA chains
 (:class:`FmaLoop`), the clock from a chain of dependent integer adds, its
-vector registers, L1d and L2 sizes. Under emulation the probe is skipped and
+vector registers, L1d/L2/L3 sizes, and one core's read bandwidth from L1, L2, L3
+and DRAM (``devices.bandwidth``). Under emulation the probe is skipped and
 says so: qemu's timings describe the host, not the board.
 """
 from __future__ import annotations
@@ -285,8 +286,11 @@ def clock_ghz(seconds: float = 0.01) -> float | None:
 def micro_probe(caches: dict[str, int] | None = None, seconds: float = 0.01) -> dict[str, Any]:
     """Measure this CPU once: per vector width (bits), FMA latency (one dependent chain)
     and throughput (as many chains as the registers hold); the clock; vector registers;
-    L1d/L2 sizes. ``fmas_in_flight`` (latency x FMAs per cycle, clock-free) is what an
-    FMA loop must keep independent to reach the peak."""
+    L1d/L2/L3 sizes; one core's read bandwidth from L1, L2, L3 and DRAM
+    (:func:`devices.bandwidth.bandwidth_probe`). ``fmas_in_flight`` (latency x FMAs per
+    cycle, clock-free) is what an FMA loop must keep independent to reach the peak."""
+    from devices.bandwidth import bandwidth_probe
+
     t0 = time.perf_counter()
     simd = Target.host().simd()
     ghz = clock_ghz(seconds)
@@ -302,11 +306,12 @@ def micro_probe(caches: dict[str, int] | None = None, seconds: float = 0.01) -> 
         widths[str(32 * lanes)] = w
     caches = caches if caches is not None else _caches()
     return {"vector_registers": simd.registers, "fma": widths, "clock_ghz": round(ghz, 3) if ghz else None,
-            "L1d": caches.get("L1d"), "L2": caches.get("L2"), "seconds": round(time.perf_counter() - t0, 3)}
+            "L1d": caches.get("L1d"), "L2": caches.get("L2"), "L3": caches.get("L3"),
+            **bandwidth_probe(caches, _memory_bytes()), "seconds": round(time.perf_counter() - t0, 3)}
 
 
 # Part of the cache key: a changed probe measures anew instead of trusting what an older one cached.
-PROBE_VERSION = 1
+PROBE_VERSION = 2  # 2: read bandwidth per memory level
 
 
 def default_cache_dir() -> Path:

@@ -81,9 +81,13 @@ def test_fma_loop_runs_here() -> None:
 
 @pytest.mark.skipif(not X86, reason="the clock is read from x86-64 / AArch64 add chains")
 def test_micro_probe_measures_this_cpu() -> None:
+    import time
+
+    c0 = time.process_time()
     probe = fpmod.micro_probe()
     simd = HOST.simd()
-    assert probe["seconds"] < 1.0
+    # under a second of this process's time (its wall time also counts a shared machine's other work)
+    assert time.process_time() - c0 < 1.0
     assert probe["vector_registers"] == simd.registers
     assert set(probe["fma"]) == {str(b) for b in (128, 256, 512) if b <= simd.bits}
     assert 0.5 < probe["clock_ghz"] < 7
