@@ -5,13 +5,16 @@ import argparse
 import datetime
 import hashlib
 import json
+import logging
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from farm.cli.args import existing_file
 from farm.cli.errors import NoResult
-from farm.log import LogRecord, best, best_per_task, load_log, matches
+from farm.log import LogRecord, best, best_per_task, load_log, matches, mixed_machine_warnings
+
+log = logging.getLogger(__name__)
 
 
 def register(sub: Any) -> None:
@@ -63,8 +66,18 @@ def _namer(recs: list[LogRecord]) -> Any:
     return lambda r: r.workload_label if len(hashes[r.workload]) > 1 else r.workload_id
 
 
+def warn_mixed_machines(args: argparse.Namespace, pool: Sequence[LogRecord]) -> list[str]:
+    """Say on stderr (and in the log) which device keys of ``pool`` several machines measured."""
+    lines = mixed_machine_warnings(pool)
+    for line in lines:
+        log.info("%s", line)
+        print(f"{getattr(args, 'prog_name', 'farm')}: warning: {line}", file=sys.stderr)
+    return lines
+
+
 def cmd_best(args: argparse.Namespace) -> int:
     recs = _load(args)
+    warn_mixed_machines(args, [r for r in recs if r.ok and r.costs])  # what best() chooses from
     if args.all:
         tops = [r for _, r in sorted(best_per_task(recs).items())]
         rows = [_summary(r) for r in tops]

@@ -1,5 +1,15 @@
 """The shared measurement log: records (``store``) and the queries over them (``query``)."""
-from farm.log.query import best, best_per_task, history, matches, measured_indices, top_k
+from farm.log.query import (
+    best,
+    best_per_task,
+    history,
+    machines_by_key,
+    matches,
+    measured_indices,
+    mixed_machine_warnings,
+    mixed_machines,
+    top_k,
+)
 from farm.log.store import (
     LOG_SCHEMA_VERSION,
     LoadedLog,
@@ -13,5 +23,6 @@ from farm.log.store import (
 
 __all__ = [
     "LOG_SCHEMA_VERSION", "LoadedLog", "LogError", "LogRecord", "LogWriter", "SkippedLine",
-    "best", "best_per_task", "history", "load_log", "matches", "measured_indices", "top_k", "write_log",
+    "best", "best_per_task", "history", "load_log", "machines_by_key", "matches", "measured_indices",
+    "mixed_machine_warnings", "mixed_machines", "top_k", "write_log",
 ]

@@ -5,9 +5,11 @@ id (``matmul(256,256,256)``); ``args`` narrows a name to one shape.
 """
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
+
+from farm.records.identity import Machine
 
 if TYPE_CHECKING:
     from farm.log.store import LogRecord
@@ -95,3 +97,33 @@ def measured_indices(records: Iterable[LogRecord], workload: str, device_key: st
     a device slot just as much."""
     return {r.config_index for r in records
             if matches(r, workload=workload, device=device_key, args=args, workload_hash=workload_hash)}
+
+
+def machines_by_key(records: Iterable[LogRecord]) -> dict[str, Counter[Machine]]:
+    """How many of the records each machine measured, per device key (fingerprints decide)."""
+    out: dict[str, Counter[Machine]] = defaultdict(Counter)
+    for r in records:
+        out[r.device_key][Machine.of(r.fingerprint)] += 1
+    return dict(out)
+
+
+def mixed_machines(records: Iterable[LogRecord]) -> dict[str, list[tuple[Machine, int]]]:
+    """Device keys whose records two or more known machines measured: each machine and its count,
+    most records first (unknown last). Records without a fingerprint are listed, but never make a key mixed alone:
+    they may come from either machine."""
+    out = {}
+    for key, counts in machines_by_key(records).items():
+        if sum(1 for m in counts if m.known) > 1:
+            out[key] = sorted(counts.items(), key=lambda mc: (not mc[0].known, -mc[1], mc[0].identity))
+    return out
+
+
+def mixed_machine_warnings(records: Iterable[LogRecord]) -> list[str]:
+    """One line per device key whose records come from several machines, naming each and its count."""
+    lines = []
+    for key, machines in sorted(mixed_machines(records).items()):
+        listed = ", ".join(f"{m} ({n} record{'s' if n != 1 else ''})" for m, n in machines)
+        lines.append(f"device key {key!r}: the {sum(n for _, n in machines)} records compared come from "
+                     f"{len(machines)} machines: {listed}; their timings are not comparable "
+                     f"(give each machine its own device key)")
+    return lines

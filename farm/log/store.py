@@ -23,11 +23,13 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from farm.errors import FarmError
+from farm.records.identity import Machine
 from farm.records.measure import MeasureResult, Outcome, RunOptions
 
 log = logging.getLogger(__name__)
 
 # 2: workload.hash (user kernels), result.checked, workload.bytes. Version 1 lines read as before.
+# device.name (which server measured it) is optional and older readers ignore it: no new version.
 LOG_SCHEMA_VERSION = 2
 
 
@@ -60,6 +62,7 @@ class LogRecord:
     workload_hash: str = ""  # a user kernel's compute hash; "" for built-ins (known by name)
     checked: bool | None = None  # the device compared the outputs with a reference (None: not recorded)
     nbytes: int = 0  # bytes of the kernel's arguments, for GB/s
+    device_name: str = ""  # the device server that measured it ("": not recorded, or no device did)
 
     @property
     def task_key(self) -> tuple[str, str, tuple[int, ...], str]:
@@ -75,6 +78,11 @@ class LogRecord:
     @property
     def ok(self) -> bool:
         return self.outcome is Outcome.OK
+
+    @property
+    def machine(self) -> Machine:
+        """The machine that measured it, from its fingerprint (unknown without one)."""
+        return Machine.of(self.fingerprint)
 
     @property
     def workload_id(self) -> str:
@@ -105,7 +113,7 @@ class LogRecord:
                          result: MeasureResult, options: RunOptions | None = None, device_key: str = "",
                          fingerprint: dict[str, Any] | None = None, build_s: float = 0.0,
                          campaign: str = "", task: str = "", timestamp: float | None = None,
-                         workload_hash: str = "", nbytes: int = 0) -> LogRecord:
+                         workload_hash: str = "", nbytes: int = 0, device_name: str = "") -> LogRecord:
         """Build a record from a MeasureResult; ``config`` is a ConfigEntity or its JSON dict."""
         cj = config.to_json() if hasattr(config, "to_json") else dict(config)
         return cls(
@@ -117,6 +125,7 @@ class LogRecord:
             timestamp=time.time() if timestamp is None else float(timestamp),
             fingerprint=dict(fingerprint or {}), campaign=campaign, task=task,
             workload_hash=workload_hash, checked=bool(result.checked), nbytes=int(nbytes),
+            device_name=str(device_name),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -132,6 +141,8 @@ class LogRecord:
             "build_s": self.build_s,
             "timestamp": self.timestamp,
         }
+        if self.device_name:
+            out["device"]["name"] = self.device_name
         if self.workload_hash:
             out["workload"]["hash"] = self.workload_hash
         if self.nbytes:
@@ -162,6 +173,7 @@ class LogRecord:
             timestamp=float(d.get("timestamp", 0.0)), campaign=str(d.get("campaign", "")),
             task=str(d.get("task", "")), workload_hash=str(wl.get("hash", "")),
             checked=None if res.get("checked") is None else bool(res["checked"]), nbytes=int(wl.get("bytes", 0)),
+            device_name=str(dev.get("name", "")),
         )
 
 
