@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import sys
+from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -22,6 +25,8 @@ def register(sub: Any) -> None:
     p.add_argument("--force", action="store_true", help="replace an earlier export in DIR")
     p.add_argument("--no-check", action="store_true",
                    help="skip running the rebuilt kernel against the reference on this host")
+    p.add_argument("--host", action="store_true",
+                   help="export for this machine: refuse a record built for an ISA or CPU features it lacks")
     p.add_argument("--json", action="store_true", help="print what was written as JSON")
     p.set_defaults(func=cmd_export)
 
@@ -82,14 +87,16 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.network:
         return _export_network(args)
     shape = parse_shape(args.shape) if args.shape else None
-    res = export_best(existing_file(args.log), args.workload, args.output, device=args.device, shape=shape,
-                      check=not args.no_check, force=args.force)
+    with _for_this_host():
+        res = export_best(existing_file(args.log), args.workload, args.output, device=args.device, shape=shape,
+                          check=not args.no_check, force=args.force, host=args.host)
+    _warn(args, res.warnings)
     r = res.record
     if args.json:
         print(json.dumps({"directory": str(res.directory), "files": [str(f) for f in res.files],
                           "workload": r.workload, "args": list(r.args), "device_key": r.device_key,
                           "config": r.config, "gflops": r.gflops, "hash": res.artifact.hash,
-                          "checked": res.checked}))
+                          "checked": res.checked, "warnings": list(res.warnings)}))
         return 0
     check = "checked against the reference on this host" if res.checked else "not run here (other target)"
     print(f"{r.workload_id} on {r.device_key}: config {r.config_index}, {r.gflops:.2f} GFLOPS; {check}")
@@ -98,6 +105,23 @@ def cmd_export(args: argparse.Namespace) -> int:
     print(f"use: python -c \"import sys; sys.path.insert(0, '{res.directory}'); import load_kernel; "
           f"k = load_kernel.load('{res.directory}')\"   or   cc app.c {res.directory}/kernel.o -lpthread -lm")
     return 0
+
+
+@contextlib.contextmanager
+def _for_this_host() -> Iterator[None]:
+    """--host asked for what the record cannot be here: the command line's mistake (exit 2)."""
+    from farm.cli.errors import UsageError
+    from farm.export.kernel import NotForThisHost
+
+    try:
+        yield
+    except NotForThisHost as e:
+        raise UsageError(str(e)) from e
+
+
+def _warn(args: argparse.Namespace, lines: list[str] | tuple[str, ...]) -> None:
+    for line in lines:  # the library logged them (info); a person running the command reads them here
+        print(f"{getattr(args, 'prog_name', 'farm export')}: warning: {line}", file=sys.stderr)
 
 
 def _export_network(args: argparse.Namespace) -> int:
@@ -110,8 +134,10 @@ def _export_network(args: argparse.Namespace) -> int:
     kernels = {(t.name, t.shape): (t.workload if t.kernel else None) for t in tasks}
     layers = [NetworkLayer(ly.label, ly.op, ly.count, ly.workload, ly.args, kernels.get((ly.workload, ly.args)))
               for ly in net.layers]
-    meta = export_network(existing_file(args.log), net.name, layers, args.output, device=args.device,
-                          check=not args.no_check, force=args.force, batch=net.batch)
+    with _for_this_host():
+        meta = export_network(existing_file(args.log), net.name, layers, args.output, device=args.device,
+                              check=not args.no_check, force=args.force, batch=net.batch, host=args.host)
+    _warn(args, meta["warnings"])
     if args.json:
         print(json.dumps(meta))
         return 0

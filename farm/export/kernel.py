@@ -48,6 +48,10 @@ class ExportError(FarmError):
     """Nothing (or nothing unambiguous) to export, or the rebuilt kernel is wrong."""
 
 
+class NotForThisHost(ExportError):
+    """An export for this host (``--host``) of a record built for an ISA or CPU features it lacks."""
+
+
 @dataclass(frozen=True)
 class ExportResult:
     """What ``export_best`` wrote, and from which record."""
@@ -57,6 +61,7 @@ class ExportResult:
     artifact: Artifact
     files: tuple[Path, ...]
     checked: bool
+    warnings: tuple[str, ...] = ()  # e.g. the records chosen from came from several machines
 
 
 def select_record(records: Sequence[LogRecord], workload: str, device: str | None = None,
@@ -87,6 +92,20 @@ def select_record(records: Sequence[LogRecord], workload: str, device: str | Non
     top = best(pool)
     assert top is not None  # pool is non-empty and every member qualifies
     return top
+
+
+def require_host(record: LogRecord) -> None:
+    """Raise :class:`NotForThisHost` unless code built for the record's target runs on this host."""
+    from farm.export.portability import host_machine, lacks_on_host
+
+    missing = lacks_on_host(record.target)
+    if missing:
+        raise NotForThisHost(
+            f"{record.workload_label} on device key {record.device_key!r}, config {record.config_index} "
+            f"{json.dumps(record.knobs, separators=(',', ':'))}: built for {record.target!r}, which needs "
+            f"{', '.join(missing)}; this host ({host_machine().label}) lacks "
+            f"{'it' if len(missing) == 1 else 'them'}. Export it without --host for a machine that has "
+            f"{'it' if len(missing) == 1 else 'them'}, or tune on this host's own device key")
 
 
 def rebuild(record: LogRecord, workload: Any = None) -> Any:
@@ -143,6 +162,8 @@ def metadata(artifact: Artifact, record: LogRecord, log_path: str = "") -> dict[
         "workload": {"name": record.workload, "args": list(record.args), "dtype": record.dtype,
                      **({"hash": record.workload_hash} if record.workload_hash else {})},
         "device_key": record.device_key,
+        # which machine measured it (from its fingerprint) and which server, when the record says
+        "measured_on": {**record.machine.to_json(), "device": record.device_name},
         "config": record.config,
         "gflops": record.gflops,
         "median_s": record.median_s,
@@ -249,9 +270,12 @@ def write_export(out_dir: str | os.PathLike[str], artifact: Artifact, record: Lo
 
 def export_best(log_path: str | os.PathLike[str], workload: str, out_dir: str | os.PathLike[str],
                 device: str | None = None, shape: Sequence[int] | None = None, check: bool = True,
-                force: bool = False) -> ExportResult:
+                force: bool = False, host: bool = False) -> ExportResult:
     """Find the best record of a task in ``log_path``, rebuild it, check it, write it out.
-    ``workload``: a name, ``name@hash``, or a user kernel as FILE.py:function / module:function."""
+    ``workload``: a name, ``name@hash``, or a user kernel as FILE.py:function / module:function.
+    ``host``: the export is for this machine: refuse a record built for features it lacks."""
+    from farm.export.portability import machine_warnings
+
     records = load_log(log_path).records
     wl = None
     wl_hash = None
@@ -263,12 +287,15 @@ def export_best(log_path: str | os.PathLike[str], workload: str, out_dir: str | 
         if shape is not None:
             wl_hash = wl.compute_hash(shape)
     record = select_record(records, workload, device, shape, source=str(log_path), workload_hash=wl_hash)
+    warnings = machine_warnings([r for r in records if r.ok and r.costs and r.task_key == record.task_key])
+    if host:
+        require_host(record)
     log.info("exporting %s on %s: config %d, %.2f GFLOPS", record.workload_label, record.device_key,
              record.config_index, record.gflops)
     art = rebuild(record, wl).artifact
     checked = check_on_host(art, workload=wl) if check else False
     files = write_export(out_dir, art, record, str(log_path), force=force)
-    return ExportResult(Path(out_dir), record, art, files, checked)
+    return ExportResult(Path(out_dir), record, art, files, checked, tuple(warnings))
 
 
 NETWORK_FILE = "network.json"
@@ -289,10 +316,12 @@ class NetworkLayer:
 
 def export_network(log_path: str | os.PathLike[str], network: str, layers: Sequence[NetworkLayer],
                    out_dir: str | os.PathLike[str], device: str | None = None, check: bool = True,
-                   force: bool = False, batch: int = 1) -> dict[str, Any]:
+                   force: bool = False, batch: int = 1, host: bool = False) -> dict[str, Any]:
     """Export every tuned layer of a network on one device key into ``out_dir``: one directory per
     distinct kernel (``<workload>_<shape>``, the four files of :func:`write_export`) and
-    ``network.json``, which lists every layer, its count, its directory, or why it has none."""
+    ``network.json``, which lists every layer, its count, its directory, or why it has none.
+    ``host``: for this machine, as in :func:`export_best` (any layer it cannot run fails the export)."""
+    from farm.export.portability import machine_warnings
     records = load_log(log_path).records
     tuned = {(ly.workload, ly.args) for ly in layers if ly.workload}
     devices = sorted({r.device_key for r in records if r.ok and (r.workload, r.args) in tuned})
@@ -302,9 +331,20 @@ def export_network(log_path: str | os.PathLike[str], network: str, layers: Seque
     if device is None and not devices:
         raise ExportError(f"{log_path}: no successful record of any layer of {network}")
     device = device or devices[0]
+    warnings = machine_warnings([r for r in records if r.ok and r.costs and r.device_key == device
+                                 and (r.workload, r.args) in tuned])
     d = Path(out_dir)
     if (d / NETWORK_FILE).exists() and not force:
         raise ExportError(f"{d} already holds a network export ({NETWORK_FILE}); use --force to replace it")
+    for ly in layers if host else ():  # every layer before any is written: half an export helps nobody
+        if not ly.workload:
+            continue
+        try:
+            rec = select_record(records, ly.workload, device, ly.args, str(log_path),
+                                workload_hash=ly.kernel.compute_hash(ly.args) if ly.kernel is not None else None)
+        except ExportError:  # not tuned on this device: network.json says so below
+            continue
+        require_host(rec)
     done: dict[tuple[str, tuple[int, ...]], dict[str, Any]] = {}
     rows = []
     for ly in layers:
@@ -335,7 +375,8 @@ def export_network(log_path: str | os.PathLike[str], network: str, layers: Seque
             "device_key": device, "log": str(log_path), "exported_at": time.time(),
             "kernels": len({r["directory"] for r in exported}),
             # the tuned layers only: a layer without a kernel here runs elsewhere
-            "tuned_sum_ms": sum(r["count"] * r["median_ms"] for r in exported), "layers": rows}
+            "tuned_sum_ms": sum(r["count"] * r["median_ms"] for r in exported), "layers": rows,
+            "warnings": warnings}
     d.mkdir(parents=True, exist_ok=True)
     (d / NETWORK_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     return meta
