@@ -222,6 +222,9 @@ class DeviceServer:
         except (RpcError, ValueError, TypeError, RuntimeError) as e:  # RuntimeError: no job child
             result = {"outcome": Outcome.LOAD_ERROR.value, "message": f"{type(e).__name__}: {e}", "costs": []}
         result["device_key"] = self.key
+        # Which server measured it: several may serve one key, and the record names its machine.
+        extra = result.get("extra")
+        result["extra"] = {**(extra if isinstance(extra, dict) else {}), "device": self.name}
         if len(str(result.get("message", ""))) > fields.MAX_MESSAGE:  # the tracker refuses longer ones
             result["message"] = str(result["message"])[: fields.MAX_MESSAGE - 20] + " ... (clipped)"
         self.jobs_run += 1

@@ -26,7 +26,7 @@ from farm.campaign.idle import IdleMeter
 from farm.campaign.link import FarmLink
 from farm.campaign.proposer import BackgroundTuner
 from farm.campaign.sinks import FileSink, RecordSink
-from farm.campaign.tasks import Building, Built, CampaignResult, InFlight, Retry, Task, TaskSummary
+from farm.campaign.tasks import Building, Built, CampaignResult, DeviceFingerprints, InFlight, Retry, Task, TaskSummary
 from farm.errors import FarmError, UserKernelError
 from farm.records.artifact import Artifact
 from farm.records.measure import MeasureResult, Outcome
@@ -72,6 +72,7 @@ class CampaignRunner:
         self.idle = IdleMeter(spec.device_keys)
         self.free: dict[str, int] = {}  # free devices per key at the last summary
         self.link = FarmLink(session, reconnect, max_outage_s=max_outage_s)
+        self.fleet = DeviceFingerprints(lambda key: self.link.session.client.describe(key))
         self.resubmitted = 0
         self.on_progress = on_progress
         self.tasks: list[Task] = []
@@ -88,11 +89,12 @@ class CampaignRunner:
         from farm.client.session import target_of
 
         for key in self.spec.device_keys:
-            devs = self.link.session.client.describe(key)
+            devs = self.fleet.load(key)
             if not devs:
                 raise FarmError(f"no device is registered under key {key!r}; start one (farm serve / farm devices up)")
             fp = dict(devs[0].get("fingerprint") or {})
             target = self.spec.target or target_of(fp)
+            records = self.fleet.set_aside(key, records)  # another machine's records: not this task's trials
             for n, w in enumerate(self.spec.workloads):
                 try:
                     task = self._make_task(n, w, key, target, fp, records)
@@ -393,10 +395,11 @@ class CampaignRunner:
         from farm.log import LogRecord
 
         cfg = t.space.get(idx)
+        device = str(result.extra.get("device") or "")  # the server that measured it (rpc.server)
         out.append(LogRecord.from_measurement(
             workload=t.wl.name, args=t.wl.shape, target=t.target, config=cfg, result=result,
-            options=self.spec.timing, device_key=t.key, fingerprint=t.fingerprint, build_s=build_s,
-            campaign=self.spec.name, task=t.name, workload_hash=t.wl_hash, nbytes=t.nbytes))
+            options=self.spec.timing, device_key=t.key, fingerprint=self.fleet.measured_by(t, device), build_s=build_s,
+            campaign=self.spec.name, task=t.name, workload_hash=t.wl_hash, nbytes=t.nbytes, device_name=device))
         g = result.gflops if result.ok else 0.0
         # The tuner maximizes a score: GFLOPS, or for a kernel without arithmetic, calls per second.
         score = g if t.flops > 0 or not result.ok else 1e-9 / max(result.median_s, 1e-12)

@@ -1,6 +1,10 @@
 """The campaign driver's records: a task and where each of its configs is, and the results."""
 from __future__ import annotations
 
+import dataclasses
+import logging
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -8,6 +12,10 @@ from typing import Any
 from farm.campaign.config import WorkloadSpec
 from farm.campaign.idle import idle_fraction
 from farm.records.artifact import Artifact
+from farm.records.identity import machine_identity
+from rpc.errors import RpcError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -42,6 +50,78 @@ class Retry:
 
     built: Built
     tries: int
+
+
+class DeviceFingerprints:
+    """The fingerprints of each key's device servers by name, as the tracker's ``describe`` lists them.
+
+    A result names the server that measured it; one that joined after the campaign started is
+    looked up once more, then remembered as unknown (it may have left again)."""
+
+    def __init__(self, describe: Callable[[str], list[dict[str, Any]]]) -> None:
+        self._describe = describe
+        self._by_key: dict[str, dict[str, dict[str, Any]]] = {}
+        self._unknown: set[tuple[str, str]] = set()
+
+    def load(self, key: str) -> list[dict[str, Any]]:
+        """Ask the tracker for ``key``'s devices (name, fingerprint); remember their fingerprints."""
+        devs = list(self._describe(key) or [])
+        known = self._by_key.setdefault(key, {})
+        for d in devs:
+            known[str(d.get("name") or "")] = dict(d.get("fingerprint") or {})
+        return devs
+
+    def of(self, key: str, name: str) -> dict[str, Any] | None:
+        """The fingerprint of device ``name`` under ``key``; None if the tracker does not know it."""
+        known = self._by_key.get(key, {})
+        if name not in known and (key, name) not in self._unknown:
+            try:
+                self.load(key)
+            except RpcError as e:  # a lost tracker: the caller records the machine as unknown
+                log.debug("describe %r for device %s: %s: %s", key, name, type(e).__name__, e)
+            known = self._by_key.get(key, {})
+            if name not in known:
+                self._unknown.add((key, name))
+        fp = known.get(name)
+        return dict(fp) if fp is not None else None
+
+    def identities(self, key: str) -> set[str]:
+        """The machine identities of ``key``'s devices seen so far ("" for a device that names no hardware)."""
+        return {machine_identity(fp) for fp in self._by_key.get(key, {}).values()}
+
+    def measured_by(self, task: Task, device: str) -> dict[str, Any]:
+        """The fingerprint to record for a result of ``task`` that device server ``device`` measured."""
+        if not device:  # no device measured it (a failed build, a lost job), or a server too old to say
+            return task.fingerprint
+        fp = self.of(task.key, device)
+        if fp is None:  # it left before its fingerprint was read: say unknown rather than guess
+            log.warning("%s: device %s is no longer registered; its record names no machine", task.name, device)
+            return {}
+        return fp
+
+    def set_aside(self, key: str, records: list[Any]) -> list[Any]:
+        """``records`` with those of ``key`` that no machine among its devices measured set aside.
+
+        The tuner and the budget tell a task's own records by device key, so such a record goes to
+        them under a key of its own (``key@identity``, in memory only): another device's history,
+        which transfer learns from, never a resumed trial. Records without a fingerprint stay."""
+        mine = self.identities(key)
+        if not mine or "" in mine:  # a device that names no hardware: nothing to tell apart
+            return records
+        out: list[Any] = []
+        aside: Counter[Any] = Counter()
+        for r in records:
+            if r.device_key == key:
+                m = r.machine
+                if m.known and m.identity not in mine:
+                    aside[m] += 1
+                    r = dataclasses.replace(r, device_key=f"{key}@{m.identity}")
+            out.append(r)
+        if aside:
+            log.info("%s: %d records measured on other machines (%s) set aside: history for transfer, "
+                     "not resumed trials", key, sum(aside.values()),
+                     ", ".join(f"{m}: {n}" for m, n in aside.most_common()))
+        return out
 
 
 @dataclass
