@@ -87,10 +87,12 @@ def hand_knobs(workload: str, target: Target) -> dict[str, Any]:
         return {"tile_i": [-1, 4 if workload == "batch_matmul" else 8, mr], "tile_j": [-1, 1, nr],
                 "tile_k": [-1, 4], "order": 1, "unroll": 2, "pack_b": 1, "parallel": 1}
     if workload == "conv2d":
-        # KR output channels x one vector of output columns: KR accumulators, one input vector, one weight.
+        # Output channels in vectors (pack_k): 2 rows x XR columns of one vector each, half the registers as
+        # accumulators (enough independent FMAs for two pipes), one weight vector, broadcast inputs. A shape
+        # whose K the lanes do not divide falls back to the NCHW layout: KR channels x one vector of columns.
         kr = max(k for k in (1, 2, 4, 8) if k + 2 <= regs - 1)
-        return {"tile_k": [-1, kr], "tile_y": [-1, 1], "tile_x": [-1, lanes], "tile_rc": [-1, 8], "order": 0,
-                "unroll": 2, "pad_inline": 0, "parallel": 2}
+        return {"tile_k": [-1, kr], "tile_y": [-1, 2], "tile_x": [-1, max(1, regs // 4)], "tile_rc": [-1, 8],
+                "order": 0, "unroll": 2, "pad_inline": 0, "parallel": 2, "pack_k": lanes}
     if workload == "depthwise_conv2d":
         return {"tile_y": [-1, 2], "tile_x": [-1, lanes], "unroll": 1, "pad_inline": 0, "parallel": 1}
     return {}

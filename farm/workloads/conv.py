@@ -1,9 +1,22 @@
 """Convolution workloads (NCHW): conv2d and depthwise conv2d.
 
-The template vectorizes along output width (unit stride in the input for
-stride 1), keeps a KR x YR x XR tile of outputs in registers (a cache stage
-computed at the x-tile loop), broadcasts one weight per output channel, and
-pads the input once at root (or inline, a knob).
+The conv2d template has two layouts (knob ``pack_k``, appended last so that
+older records keep their meaning with its option 0):
+
+* ``pack_k = 0``: vectorize along output width (unit stride in the input for
+  stride 1), keep a KR x YR x XR tile of outputs in registers (a cache stage
+  computed at the x-tile loop), broadcast one weight per output channel.
+* ``pack_k = KV`` (a multiple of the vector lanes dividing K): vectorize along
+  output channels, as TVM's NCHWc convolutions do. The weights are packed to
+  ``[K/KV, C, R, R, KV]`` (a copy of K*C*R*R floats, small beside the
+  convolution), the register tile is YR x XR vectors of KV channels, and each
+  FMA broadcasts one input value: input loads are scalar, so a stride of 2 or
+  a narrow output (7x7) costs nothing in vector lanes, where the first layout
+  gathers or wastes lanes. The result is computed in ``[N, K/KV, OH, OW, KV]``
+  and transposed into the NCHW output (one pass over the output). ``tile_k``
+  has no part in this layout.
+
+Both pad the input once at root (or inline, a knob).
 """
 from __future__ import annotations
 
@@ -50,10 +63,13 @@ def _conv_template(cfg: Any, args: Sequence[int], target: Target) -> tuple[Sched
     cfg.define_knob("unroll", [0, 1, 2])
     cfg.define_knob("pad_inline", [0, 1] if pad else [0])
     cfg.define_knob("parallel", [0, 1, 2])
+    cfg.define_knob("pack_k", [0] + ([v for v in (lanes, 2 * lanes) if k % v == 0] if lanes >= 4 else []))
 
     data = te.placeholder((n, c, h, w), name="data")
     weight = te.placeholder((k, c, r, r), name="weight")
     padded = _pad(data, pad)
+    if cfg["pack_k"]:
+        return _packed_conv(cfg, args, data, weight, padded)
     rc = te.reduce_axis((0, c), name="rc")
     ry = te.reduce_axis((0, r), name="ry")
     rx = te.reduce_axis((0, r), name="rx")
@@ -103,6 +119,75 @@ def _conv_template(cfg: Any, args: Sequence[int], target: Target) -> tuple[Sched
             pb, pc, py, px = sp.op.axis
             if par:
                 sp.parallel(sp.fuse(pb, pc))
+    return s, [data, weight, out]
+
+
+def _packed_conv(cfg: Any, args: Sequence[int], data: Tensor, weight: Tensor, padded: Tensor
+                 ) -> tuple[Schedule, list[Tensor]]:
+    """The output-channel-vectorized layout (``pack_k`` = KV > 0); see the module docstring."""
+    n, c, h, w, k, r, stride, pad = args
+    oh, ow = out_size(h, r, stride, pad), out_size(w, r, stride, pad)
+    kv = cfg["pack_k"]
+    wp = te.compute((k // kv, c, r, r, kv), lambda fo, ch, y, x, fi: weight[fo * kv + fi, ch, y, x],
+                    name="weight.packed")
+    rc = te.reduce_axis((0, c), name="rc")
+    ry = te.reduce_axis((0, r), name="ry")
+    rx = te.reduce_axis((0, r), name="rx")
+    cp = te.compute(
+        (n, k // kv, oh, ow, kv),
+        lambda b, fo, y, x, fi: te.sum(
+            padded[b, rc, y * stride + ry, x * stride + rx] * wp[fo, rc, ry, rx, fi], axis=[rc, ry, rx]
+        ),
+        name="conv.packed",
+    )
+    out = te.compute((n, k, oh, ow), lambda b, f, y, x: cp[b, f // kv, y, x, f % kv], name="conv")
+    s = te.create_schedule(out.op)
+    par = cfg["parallel"]
+    so = s[out]
+    b, f, y, x = so.op.axis
+    fo, fi = so.split(f, factor=kv)
+    so.reorder(b, fo, y, fi, x)
+    so.vectorize(x)
+    if par:
+        so.parallel(so.fuse(b, fo))
+    cc = s.cache_write(cp, "local")
+    sp, sc = s[cp], s[cc]
+    pb, pfo, py, px, pfi = sp.op.axis
+    pyo, pyi = cfg["tile_y"].apply(s, cp, py)
+    pxo, pxi = cfg["tile_x"].apply(s, cp, px)
+    sp.reorder(pb, pfo, pyo, pxo, pyi, pxi, pfi)
+    sp.vectorize(pfi)
+    if par == 1:
+        sp.parallel(sp.fuse(pb, pfo))
+    elif par == 2:
+        sp.parallel(sp.fuse(pb, pfo, pyo))
+    sc.compute_at(sp, pxo)
+    cb, cfo, cy, cx, cfi = sc.op.axis
+    crc, cry, crx = sc.op.reduce_axis
+    rco, rci = cfg["tile_rc"].apply(s, cc, crc)
+    order = cfg["order"]
+    if order == 0:
+        sc.reorder(cb, cfo, rco, cry, crx, rci, cy, cx, cfi)
+    elif order == 1:
+        sc.reorder(cb, cfo, rco, rci, cry, crx, cy, cx, cfi)
+    else:
+        sc.reorder(cb, cfo, rco, cry, rci, crx, cy, cx, cfi)
+    if cfg["unroll"] >= 1:
+        sc.unroll(cy)
+        sc.unroll(cx)
+    if cfg["unroll"] >= 2:
+        sc.unroll(crx)
+    sc.vectorize(cfi)
+    sw = s[wp]
+    sw.vectorize(sw.op.axis[-1])
+    if par:
+        sw.parallel(sw.op.axis[0])
+    if padded is not data:
+        if cfg["pad_inline"]:
+            s[padded].compute_inline()
+        elif par:
+            spd = s[padded]
+            spd.parallel(spd.fuse(spd.op.axis[0], spd.op.axis[1]))
     return s, [data, weight, out]
 
 

@@ -30,7 +30,9 @@ ARM = Target.parse("llvm -mtriple=aarch64-linux-gnu -mcpu=cortex-a72 -mattr=+neo
 def test_hand_gemm_tile_follows_lanes_and_registers(tgt: Target, mr: int, nr: int) -> None:
     knobs = bk.hand_knobs("matmul", tgt)
     assert knobs["tile_i"][-1] == mr and knobs["tile_j"][-1] == nr
-    assert bk.hand_knobs("conv2d", tgt)["tile_x"] == [-1, tgt.vector_lanes_f32]
+    conv = bk.hand_knobs("conv2d", tgt)  # output channels in vectors, half the registers accumulating
+    assert conv["pack_k"] == tgt.vector_lanes_f32
+    assert conv["tile_y"][-1] * conv["tile_x"][-1] == tgt.num_vector_registers // 2
 
 
 def test_hand_config_fits_a_shape_too_small_for_the_tile() -> None:
