@@ -38,7 +38,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 from rpc.ratelog import PerPeerLog
-from rpc.webauth import WebAuth
+from rpc.webauth import GuessThrottle, WebAuth
 from rpc.webdocs import Documents, FarmSource
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ STATIC = {"/static/app.js": ("app.js", "text/javascript; charset=utf-8"),
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
        "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
 REASONS = {200: "OK", 303: "See Other", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
-           405: "Method Not Allowed", 408: "Request Timeout", 413: "Content Too Large",
+           405: "Method Not Allowed", 408: "Request Timeout", 413: "Content Too Large", 429: "Too Many Requests",
            431: "Request Header Fields Too Large", 500: "Internal Server Error", 501: "Not Implemented",
            503: "Service Unavailable"}
 
@@ -126,6 +126,7 @@ class WebServer:
     def __init__(self, source: FarmSource, token: bytes, *, ssl_context: ssl.SSLContext | None = None) -> None:
         self.docs = Documents(source)
         self.auth = WebAuth(token, secure=ssl_context is not None)
+        self.throttle = GuessThrottle()
         self.ssl_context = ssl_context
         self._static = {path: (STATIC_DIR / name).read_bytes() for path, (name, _) in STATIC.items()}
         self._index = (STATIC_DIR / "index.html").read_bytes()
@@ -285,7 +286,14 @@ class WebServer:
             return Response(405 if req.path in ("/", "/login") or req.path.startswith("/api/") else 404)
         if req.path in self._static:
             return Response(200, self._static[req.path], STATIC[req.path][1], cache="no-cache")
+        bearer = req.headers.get("authorization", "").lower().startswith("bearer ")
+        if bearer and (locked := self.throttle.locked(peer)):
+            return self._too_many(locked)
         authed = self.auth.authorized(req.headers)
+        if bearer and authed:
+            self.throttle.right(peer)
+        elif bearer:
+            self.throttle.wrong(peer)
         if req.path == "/":
             return Response(200, self._index, "text/html; charset=utf-8") if authed else self._login_page()
         if req.path == "/login":
@@ -302,12 +310,22 @@ class WebServer:
         return Response(status, body, "text/html; charset=utf-8")
 
     def _login_post(self, req: Request, peer: str) -> Response:
+        if locked := self.throttle.locked(peer):
+            return self._too_many(locked)
         form = parse_qs(req.body.decode("utf-8", "replace"), max_num_fields=4)
         given = (form.get("token") or [""])[0]
         if not given or not self.auth.token_ok(given):
             self._refusals.warning(peer, "page login from %s refused: wrong token", peer)
+            if given:
+                self.throttle.wrong(peer)
             return self._login_page(401, "Wrong token." if given else "Enter the farm's token.")
+        self.throttle.right(peer)
         return Response(303, headers=[("Location", "/"), ("Set-Cookie", self.auth.set_cookie())])
+
+    def _too_many(self, seconds: float) -> Response:
+        wait = max(1, round(seconds))
+        return Response(429, f"too many wrong tokens from this address: try again in {wait} s\n".encode(),
+                        headers=[("Retry-After", str(wait))])
 
     async def _api(self, path: str) -> Response:
         try:

@@ -8,18 +8,27 @@ without revealing it, expires on its own after 12 hours (the browser drops it th
 ``Max-Age``), and stops working the moment the farm's token changes. It is ``HttpOnly``
 (no script reads it), ``SameSite=Strict`` (no other site's page sends it) and, under TLS,
 ``Secure``. Every comparison goes through ``hmac.compare_digest`` over fixed-length
-digests, so neither the time nor the length of a wrong guess says anything.
+digests, so neither the time nor the length of a wrong guess says anything. Guessing is
+slowed too: a peer address that gives ``GUESSES`` wrong tokens within ``GUESS_WINDOW_S``
+(login form or bearer header) is answered 429 for ``LOCKOUT_S`` without its token being
+looked at, while everyone else goes on.
 """
 from __future__ import annotations
 
 import hashlib
 import hmac
 import time
+from collections import OrderedDict
 from collections.abc import Mapping
 
 COOKIE = "kf_session"
 SESSION_S = 12 * 3600
 _LABEL = b"kf-web-session|"
+GUESSES = 10
+GUESS_WINDOW_S = 60.0
+LOCKOUT_S = 60.0
+# Addresses remembered at most: a flood from many addresses forgets the oldest, never grows the tracker.
+MAX_PEERS = 4096
 
 
 def _digest(b: bytes) -> bytes:
@@ -76,3 +85,43 @@ class WebAuth:
             if name == COOKIE and self.session_ok(value.strip(), now):
                 return True
         return False
+
+
+def peer_address(peer: str) -> str:
+    """The address of ``host:port`` (IPv6 too): the port changes with every connection."""
+    host, sep, port = peer.rpartition(":")
+    return host if sep and port.isdigit() else peer
+
+
+class GuessThrottle:
+    """Counts wrong tokens per peer address; ``locked(peer)`` says for how many more seconds it is refused."""
+
+    def __init__(self, guesses: int = GUESSES, window_s: float = GUESS_WINDOW_S, lockout_s: float = LOCKOUT_S,
+                 max_peers: int = MAX_PEERS) -> None:
+        self.guesses, self.window_s, self.lockout_s, self.max_peers = guesses, window_s, lockout_s, max_peers
+        self._wrong: OrderedDict[str, list[float]] = OrderedDict()  # address -> times of its recent wrong tokens
+        self._until: dict[str, float] = {}
+
+    def locked(self, peer: str, now: float | None = None) -> float:
+        addr, t = peer_address(peer), now if now is not None else time.monotonic()
+        left = self._until.get(addr, 0.0) - t
+        if left <= 0:
+            self._until.pop(addr, None)
+            return 0.0
+        return left
+
+    def wrong(self, peer: str, now: float | None = None) -> None:
+        addr, t = peer_address(peer), now if now is not None else time.monotonic()
+        recent = [x for x in self._wrong.pop(addr, []) if t - x < self.window_s] + [t]
+        if len(recent) >= self.guesses:
+            self._until[addr] = t + self.lockout_s
+            recent = []
+        self._wrong[addr] = recent
+        while len(self._wrong) > self.max_peers:
+            self._wrong.popitem(last=False)
+        if len(self._until) > self.max_peers:
+            for a in sorted(self._until, key=self._until.__getitem__)[: len(self._until) - self.max_peers]:
+                del self._until[a]
+
+    def right(self, peer: str) -> None:
+        self._wrong.pop(peer_address(peer), None)

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from rpc.web import STATIC_DIR, check_exposure, is_loopback, parse_http_address
-from rpc.webauth import COOKIE, SESSION_S, WebAuth
+from rpc.webauth import COOKIE, GUESSES, SESSION_S, GuessThrottle, WebAuth
 from tests.rpc.harness import ROOT, LocalFarm
 from tests.web.support import LoopTracker, loop_tracker
 
@@ -228,3 +228,42 @@ def test_under_tls_the_cookie_is_secure_and_hsts_is_sent(tmp_path: Path) -> None
         assert e.value.headers["Strict-Transport-Security"].startswith("max-age=")
     finally:
         assert not farm.close()
+
+
+def test_guessing_the_token_is_throttled_per_address() -> None:
+    """Ten wrong tokens within a minute from one address: 429 with Retry-After for a minute, even for the
+    right token; other addresses, and that one afterwards, go on."""
+    th = GuessThrottle(guesses=3, window_s=60.0, lockout_s=30.0)
+    for t in (0.0, 1.0):
+        th.wrong("10.0.0.1:5000", now=t)
+    assert th.locked("10.0.0.1:6000", now=2.0) == 0.0
+    th.wrong("10.0.0.1:7000", now=2.0)  # the port changes per connection: the address counts
+    assert th.locked("10.0.0.1:1", now=3.0) == pytest.approx(29.0)
+    assert th.locked("10.0.0.2:1", now=3.0) == 0.0 and th.locked("[::1]:1", now=3.0) == 0.0
+    assert th.locked("10.0.0.1:1", now=33.0) == 0.0
+    th.wrong("10.0.0.1:1", now=100.0)
+    th.right("10.0.0.1:2")  # a right token forgets the wrong ones
+    th.wrong("10.0.0.1:1", now=101.0)
+    th.wrong("10.0.0.1:1", now=102.0)
+    assert th.locked("10.0.0.1:1", now=103.0) == 0.0
+    for t in range(3):  # guesses spread beyond the window never add up
+        th.wrong("10.0.0.3:1", now=100.0 * t)
+    assert th.locked("10.0.0.3:1", now=201.0) == 0.0
+    small = GuessThrottle(guesses=1, max_peers=8)
+    for n in range(100):
+        small.wrong(f"10.1.0.{n}:1")
+    assert len(small._wrong) <= 8 and len(small._until) <= 8
+
+
+def test_a_guessing_address_gets_429_on_the_form_and_the_api() -> None:
+    with loop_tracker() as t:
+        for _ in range(GUESSES):
+            assert t.request("POST", "/login", body=b"token=wrong", headers=FORM).status == 401
+        right = t.request("POST", "/login", body=b"token=" + t.token, headers=FORM)
+        assert right.status == 429 and int(right.headers["Retry-After"]) >= 1 and "Set-Cookie" not in right.headers
+        api = t.request("GET", "/api/summary", headers=t.bearer())
+        assert api.status == 429 and b"devices" not in api.body
+        assert t.request("GET", "/").status == 200  # the login page itself is still served
+        t.tracker.web.throttle._until.clear()  # the lockout over
+        assert t.request("GET", "/api/summary", headers=t.bearer()).status == 200
+        assert t.request("POST", "/login", body=b"token=" + t.token, headers=FORM).status == 303
