@@ -198,11 +198,19 @@ class Tuner:
         pass
 
     def _is_own(self, r: Any) -> bool:
+        """A record this task measured: same workload instance, device key and machine. A record of
+        another machine (its fingerprint's identity differs from this context's, both known) only
+        ranks, as another device's would: its timings are not this machine's results."""
+        from farm.records.identity import machine_identity
+
         c = self.context
         if c is None:
             return True
-        return (r.workload == c.workload and tuple(r.args) == tuple(c.args)
-                and (not c.device_key or r.device_key == c.device_key))
+        if not (r.workload == c.workload and tuple(r.args) == tuple(c.args)
+                and (not c.device_key or r.device_key == c.device_key)):
+            return False
+        mine, theirs = machine_identity(c.fingerprint), machine_identity(getattr(r, "fingerprint", None))
+        return not (mine and theirs and mine != theirs)
 
     def _cand_set(self) -> set[int]:
         if self.cands.pool is None:
