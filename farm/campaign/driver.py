@@ -117,6 +117,7 @@ class CampaignRunner:
         ctx = TuneContext(w.name, tuple(w.shape), target, key, fp)
         tuner = make_tuner(self.spec.tuner, space, seed=self.spec.seed + 7919 * n,
                            context=ctx, early_stopping=self.spec.early_stopping)
+        tuner.own_machines = self.fleet.identities(key) or None  # the machines of the key (set_aside's)
         mine = [r for r in records if r.workload == w.name and tuple(r.args) == tuple(w.shape)
                 and r.device_key == key and r.workload_hash == wl_hash]
         # Transfer learns from other shapes and devices of the same operator, never from another

@@ -124,6 +124,9 @@ class Tuner:
         self.best_index: int | None = None
         self.best_gflops = 0.0
         self.trials = 0
+        # Machine identities whose records under the context's key are this task's own (None: the
+        # context fingerprint's machine). A campaign whose key holds several machines says which.
+        self.own_machines: set[str] | None = None
         self._since_best = 0
 
     # --- the API a campaign calls ---------------------------------------------
@@ -209,8 +212,9 @@ class Tuner:
         if not (r.workload == c.workload and tuple(r.args) == tuple(c.args)
                 and (not c.device_key or r.device_key == c.device_key)):
             return False
-        mine, theirs = machine_identity(c.fingerprint), machine_identity(getattr(r, "fingerprint", None))
-        return not (mine and theirs and mine != theirs)
+        theirs = machine_identity(getattr(r, "fingerprint", None))
+        mine = self.own_machines if self.own_machines is not None else {machine_identity(c.fingerprint)}
+        return not theirs or "" in mine or theirs in mine
 
     def _cand_set(self) -> set[int]:
         if self.cands.pool is None:
