@@ -1,8 +1,9 @@
 """Read bandwidth of one core from each level of the memory hierarchy (part of the micro-probe).
 
-A JIT-compiled loop sums a buffer with vector loads of the host's widest float vector
-(``Target.host().simd()``) into independent accumulators, so the adds never limit it:
-what it measures is how fast one core pulls bytes from wherever the buffer lives. The
+A JIT-compiled loop ORs a buffer, with vector loads of the host's widest vector
+(``Target.host().simd()``), into independent accumulators: a bitwise OR issues on more
+ports than a float add (three or four a cycle), so it never limits the loads, and what
+the loop measures is how fast one core pulls bytes from wherever the buffer lives. The
 buffer is sized to sit in L1d, in L2, in L3 (when there is one) and beyond the last
 level (DRAM), from the cache sizes sysfs reports.
 
@@ -23,30 +24,28 @@ from farm.target import Target, _llvm
 
 log = logging.getLogger(__name__)
 
-# Independent accumulators: a vector add's latency (3-4 cycles) times the two adds a
-# core issues per cycle, so the adds keep up with two or three loads per cycle.
+# Independent accumulators, more than loads a core issues per cycle (2-3) times the OR's latency (1).
 ACCUMULATORS = 8
 DRAM_MIN_BYTES = 16 << 20
 DRAM_MAX_BYTES = 64 << 20
-# 0x3f3f3f3f is 0.747f: a normal float (a denormal sum could take a slow path).
 FILL_BYTE = 0x3F
 
 
 def read_loop_ir(triple: str, lanes: int, accumulators: int = ACCUMULATORS) -> str:
-    """LLVM IR of ``float kf_read(float* p, i64 n, i64 passes)``: ``passes`` times, sum the
-    ``n`` floats at ``p`` (``n`` a multiple of ``lanes * accumulators``) with
-    ``lanes``-wide loads into ``accumulators`` independent vector sums."""
+    """LLVM IR of ``i32 kf_read(i32* p, i64 n, i64 passes)``: ``passes`` times, OR the
+    ``n`` 32-bit words at ``p`` (``n`` a multiple of ``lanes * accumulators``) with
+    ``lanes``-wide loads into ``accumulators`` independent vectors."""
     from llvmlite import ir
 
     mod = ir.Module("kf_read")
     mod.triple = triple
-    f32, i64 = ir.FloatType(), ir.IntType(64)
-    vt = ir.VectorType(f32, lanes)
-    fn = ir.Function(mod, ir.FunctionType(f32, [f32.as_pointer(), i64, i64]), "kf_read")
+    i32, i64 = ir.IntType(32), ir.IntType(64)
+    vt = ir.VectorType(i32, lanes)
+    fn = ir.Function(mod, ir.FunctionType(i32, [i32.as_pointer(), i64, i64]), "kf_read")
     p, n, passes = fn.args
     entry, outer, inner, latch, done = (fn.append_basic_block(x) for x in ("entry", "outer", "inner", "latch", "done"))
     b = ir.IRBuilder(entry)
-    zero = ir.Constant(vt, [f32(0.0)] * lanes)
+    zero = ir.Constant(vt, [i32(0)] * lanes)
     b.branch(outer)
 
     b.position_at_end(outer)
@@ -66,7 +65,7 @@ def read_loop_ir(triple: str, lanes: int, accumulators: int = ACCUMULATORS) -> s
     new = []
     for j, a in enumerate(accs):
         ptr = b.bitcast(b.gep(p, [b.add(i, i64(j * lanes))]), vt.as_pointer())
-        new.append(b.fadd(a, b.load(ptr, align=4 * lanes)))
+        new.append(b.or_(a, b.load(ptr, align=4 * lanes)))
     for a, x in zip(accs, new):
         a.add_incoming(x, inner)
     nxt = b.add(i, i64(lanes * accumulators))
@@ -83,8 +82,8 @@ def read_loop_ir(triple: str, lanes: int, accumulators: int = ACCUMULATORS) -> s
     b.position_at_end(done)
     tot = new[0]
     for x in new[1:]:
-        tot = b.fadd(tot, x)
-    b.ret(b.extract_element(tot, ir.IntType(32)(0)))
+        tot = b.or_(tot, x)
+    b.ret(b.extract_element(tot, i32(0)))
     return str(mod)
 
 
@@ -98,7 +97,7 @@ class ReadLoop:
             cpu=host.cpu, features=host.features, opt=3, reloc="pic", codemodel="default")
         self._engine = llvm.create_mcjit_compiler(llvm.parse_assembly(read_loop_ir(host.triple, lanes)), machine)
         self._engine.finalize_object()  # the engine owns the code: it lives as long as this object
-        proto = ctypes.CFUNCTYPE(ctypes.c_float, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64)
+        proto = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64)
         self.fn = proto(self._engine.get_function_address("kf_read"))
         self.step = 4 * lanes * ACCUMULATORS  # bytes one inner iteration reads
 
@@ -141,11 +140,15 @@ def buffer_sizes(caches: dict[str, int], memory_bytes: int = 0) -> dict[str, int
 
 
 def bandwidth_probe(caches: dict[str, int], memory_bytes: int = 0, seconds: float = 0.004) -> dict[str, Any]:
-    """``{"bandwidth_gbps": {level: GB/s}, "bandwidth_bytes": {level: buffer bytes}}`` for
-    L1, L2, L3 (when present) and DRAM: one core reading with the host's widest vectors."""
+    """``{"bandwidth_gbps": {level: GB/s}, "bandwidth_bytes": {level: buffer bytes},
+    "l1_gbps_by_bits": {vector bits: GB/s}}``: one core reading L1, L2, L3 (when present) and
+    DRAM with the host's widest vectors, and L1 with each narrower width too (a core issues a
+    fixed number of loads per cycle up to some width: narrower loads read fewer bytes per
+    cycle, and some cores split the widest)."""
     sizes = buffer_sizes(caches, memory_bytes)
     total = max(sizes.values())
-    loop = ReadLoop(Target.host().simd().lanes_f32)
+    widest = Target.host().simd().lanes_f32
+    loop = ReadLoop(widest)
     with mmap.mmap(-1, total) as mem:
         if hasattr(mmap, "MADV_HUGEPAGE"):  # fewer page faults: touching the buffer is most of the cost
             mem.madvise(mmap.MADV_HUGEPAGE)
@@ -158,6 +161,10 @@ def bandwidth_probe(caches: dict[str, int], memory_bytes: int = 0, seconds: floa
                 # DRAM: a pass is long already (tens of ms), and the best of two suffices.
                 dram = level == "DRAM"
                 gbps[level] = round(loop.gbps(addr, nbytes, 0.0 if dram else seconds, tries=2 if dram else 3), 2)
+            by_bits = {str(32 * widest): gbps["L1"]}
+            for lanes in (4, 8, 16):
+                if lanes < widest:
+                    by_bits[str(32 * lanes)] = round(ReadLoop(lanes).gbps(addr, sizes["L1"], seconds), 2)
         finally:
             del view  # the mmap cannot close while a ctypes view exports it
-    return {"bandwidth_gbps": gbps, "bandwidth_bytes": sizes}
+    return {"bandwidth_gbps": gbps, "bandwidth_bytes": sizes, "l1_gbps_by_bits": dict(sorted(by_bits.items()))}

@@ -10,19 +10,21 @@ Three parts, concatenated (names in :func:`feature_names`):
   bytes touched and reuse at ``LEVELS`` tile levels; arithmetic intensity
   per level and footprints relative to L1/L2. These are shape-agnostic enough
   for a model trained on one shape or device to rank another.
-* **pipeline estimate** (analytic, no training): the register body LLVM
-  will unroll, the independent FMA chains it holds, vector-lane use,
-  parallel balance, register spill and tail guards, multiplied into
-  ``prior`` - a rough fraction of the core's FMA peak. It ranks a space
-  before any measurement (the tuner's cold start) and gives the trees one
-  strong split when they have seen only a handful of points.
+* **estimate** (analytic, no training; ``farm.tuning.estimate``): one call's
+  time from the nest and the device's constants (``farm.tuning.constants``:
+  probed, or a table by CPU name): the register body's FMA issue per vector
+  width, latency chains, loads, spills, and the bytes each cache level moves
+  over its bandwidth. Its factors and ``prior`` - the estimated fraction of
+  the device's peak - rank a space before any measurement (the tuner's cold
+  start) and give the trees one strong split when they have seen only a
+  handful of points.
 * **knobs**: per knob, choice index normalised and for splits log2 of every
   factor (the ``-1`` remainder resolved), padded to ``KNOB_SLOTS``.
 * **device**: ISA one-hot, vector bits, cores, L1d/L2/L3 sizes, from a
   fingerprint dict (``devices.fingerprint.cpu_fingerprint``) or the target.
 
 Extraction lowers the config (about a millisecond) and walks the nest once;
-results are cached per (workload, args, target, index).
+results are cached per (workload, args, target, device constants, threads, index).
 """
 from __future__ import annotations
 
@@ -34,12 +36,13 @@ from typing import Any
 
 import numpy as np
 
-from farm.compiler import arith
-from farm.compiler.ir import Allocate, Block, BufferLoad, For, IfThenElse, PrimFunc, Stmt, Store
+from farm.compiler.ir import Allocate, BufferLoad, For, PrimFunc, Stmt
 from farm.compiler.lowering import lower
 from farm.errors import FarmError
 from farm.target import Target
 from farm.te.expr import Expr, Var, walk
+from farm.tuning.constants import EstimateConstants, estimate_constants
+from farm.tuning.estimate import coefs, estimate, mults, nest_stores, work
 
 log = logging.getLogger(__name__)
 
@@ -48,17 +51,7 @@ LEVELS = (1, 2, 3, 4, 6, 99)  # innermost n loops; 99: the whole nest
 BUF_SLOTS = 4
 KNOB_SLOTS = 20
 KINDS = ("serial", "parallel", "vectorize", "unroll")
-# LLVM fully unrolls a short constant-trip loop around a small body; this many
-# vector operations is about where its O3 full-unroll threshold stops.
-UNROLL_BODY = 64
-# Independent FMA chains a core needs to hide the FMA latency: ~4 cycles
-# latency x 2 pipes on current x86 (Zen 4, Skylake-X) and Neoverse cores.
-FMA_CHAINS = 8
-# Below this many flops per byte of the operator's tensors a kernel is bound by
-# memory traffic on any current CPU (a core does ~30-120 GFLOPS, DRAM feeds it
-# ~10-20 GB/s), so its FMA pipeline use does not decide its speed.
-MIN_PIPELINE_INTENSITY = 8.0
-PIPE = ("log2chains", "vec_eff", "par_eff", "lat_eff", "spill_eff", "prior")
+PIPE = ("log2chains", "vec_eff", "par_eff", "lat_eff", "spill_eff", "prior", "log2mem_over_core")
 ISAS = ("x86_64", "aarch64", "arm")
 
 
@@ -67,37 +60,6 @@ def _l2(x: float) -> float:
 
 
 # --- loop nest ----------------------------------------------------------------
-
-def _stores(s: Stmt, stack: list[For], guards: int, out: list[tuple[Store, list[For], int]]) -> None:
-    if isinstance(s, For):
-        _stores(s.body, stack + [s], guards, out)
-    elif isinstance(s, Store):
-        out.append((s, stack, guards))
-    elif isinstance(s, IfThenElse):
-        _stores(s.then, stack, guards + 1, out)
-        if s.orelse is not None:
-            _stores(s.orelse, stack, guards + 1, out)
-    elif isinstance(s, Allocate):
-        _stores(s.body, stack, guards, out)
-    elif isinstance(s, Block):
-        for x in s.stmts:
-            _stores(x, stack, guards, out)
-
-
-def _mults(e: Expr) -> int:
-    return sum(1 for x in walk(e) if getattr(x, "op", None) == "*" and x.dtype.startswith("float"))
-
-
-def _coefs(idx: Sequence[Expr], ranges: dict[Var, tuple[int, int]]) -> list[dict[Var, int]]:
-    out = []
-    for e in idx:
-        try:
-            terms, _ = arith.linear(e, ranges)
-        except Exception:  # an index arith cannot linearise: no stride information for it
-            terms = {}
-        out.append({k: v for k, v in terms.items() if isinstance(k, Var)})
-    return out
-
 
 def _buffer_feats(buf: Any, coefs: list[dict[Var, int]], loops: list[For]) -> tuple[list[float], list[float]]:
     """Strides (flattened, elements) w.r.t. the 2 innermost loops; footprint bytes per level."""
@@ -118,61 +80,12 @@ def _buffer_feats(buf: Any, coefs: list[dict[Var, int]], loops: list[For]) -> tu
     return feats, byts
 
 
-def pipeline_estimate(main: Store | None, loops: list[For], ranges: dict[Var, tuple[int, int]], guards: int,
-                      par: int, cores: int, vregs: int, lanes: int) -> list[float]:
-    """Analytic throughput estimate of the main statement's register body.
-
-    The body is the run of innermost loops LLVM will flatten: unroll and
-    vectorize loops, plus short serial ones while the body stays under
-    ``UNROLL_BODY`` vector ops. Its loops that index the output are
-    independent accumulation chains (a vectorized one counts vectors, not
-    lanes); the others add dependent FMAs to the same chains.
-    """
-    if main is None or lanes <= 1:
-        return [-1.0, 1.0, 1.0, 1.0, 1.0, 1.0]
-    out_vars: set[Var] = set()
-    for c in _coefs(main.indices, ranges):
-        out_vars |= {v for v, k in c.items() if k}
-    vec, chains, size = 1, 1, 1
-    for lp in reversed(loops):
-        flat = lp.kind in ("unroll", "vectorize") or (lp.kind == "serial" and lp.extent * size <= UNROLL_BODY)
-        if not flat:
-            break
-        n = math.ceil(lp.extent / lanes) if lp.kind == "vectorize" else lp.extent
-        if lp.kind == "vectorize":
-            vec *= lp.extent
-        size *= n
-        if lp.var in out_vars:
-            chains *= n
-    vec_eff = vec / (math.ceil(vec / lanes) * lanes)
-    par_eff = par / (math.ceil(par / cores) * cores) if par else 1.0 / cores
-    lat_eff = min(1.0, chains / FMA_CHAINS)
-    room = max(1, vregs - 4)  # a few registers hold the broadcast and loaded operands
-    spill_eff = 1.0 if chains <= room else room / chains
-    prior = vec_eff * par_eff * lat_eff * spill_eff * (0.8 if guards else 1.0)
-    return [_l2(chains), vec_eff, par_eff, lat_eff, spill_eff, prior]
-
-
-def op_intensity(workload: str, args: Sequence[int], target: str | Target) -> float:
-    """Flops per byte of the operator's input and output tensors (config-independent)."""
-    from farm.workloads.registry import get_workload
-
-    wl = get_workload(workload)
-    args = tuple(int(a) for a in args)
-    t = Target.parse(target)
-    _, tensors = wl.instantiate(args, wl.space(args, t).get(0), t)
-    nbytes = sum(math.prod(x.shape) * (8 if "64" in x.dtype else 4) for x in tensors)
-    return float(wl.flops(args)) / max(1, nbytes)
-
-
-def nest_features(func: PrimFunc, cores: int, vregs: int, lanes: int, l1: int, l2: int) -> list[float]:
-    stores: list[tuple[Store, list[For], int]] = []
-    _stores(func.body, [], 0, stores)
-
-    def work(x: tuple[Store, list[For], int]) -> float:
-        return math.prod(lp.extent for lp in x[1]) * max(1, _mults(x[0].value))
-
+def nest_features(func: PrimFunc, consts: EstimateConstants, cores: int, lanes: int, flops: float = 0.0) -> list[float]:
+    """Loop-nest features and the analytic estimate of one lowered config on ``cores`` threads."""
+    stores = nest_stores(func.body)
     main, loops, guards = max(stores, key=work) if stores else (None, [], 0)
+    vregs = consts.vector_registers
+    l1, l2 = consts.caches[0], consts.caches[1] or consts.caches[0]
     f: list[float] = []
     tail = loops[-LOOPS:]
     for n in range(LOOPS):
@@ -200,7 +113,7 @@ def nest_features(func: PrimFunc, cores: int, vregs: int, lanes: int, l1: int, l
           acc / max(1, lanes * vregs), float(len(stores)), float(len(func.globals)),
           _l2(sum(g.size for g in func.globals) * 4)]
     ranges: dict[Var, tuple[int, int]] = {lp.var: (0, lp.extent - 1) for lp in loops}
-    f += pipeline_estimate(main, loops, ranges, guards, par, cores, vregs, lanes)
+    f += estimate(func, consts, cores, lanes, flops, stores).row()
     slots: list[tuple[Any, list[Sequence[Expr]]]] = []
     if main is not None:
         slots.append((main.buffer, [main.indices]))
@@ -214,13 +127,13 @@ def nest_features(func: PrimFunc, cores: int, vregs: int, lanes: int, l1: int, l
             f += [-1.0] * n_feat
             continue
         buf, idxs = slots[n]
-        sf, byts = _buffer_feats(buf, _coefs(idxs[0], ranges), loops)
+        sf, byts = _buffer_feats(buf, coefs(idxs[0], ranges), loops)
         f += sf
         for i, (lv, b) in enumerate(zip(LEVELS, byts)):
             it = math.prod(lp.extent for lp in loops[-lv:])
             f += [_l2(b), _l2(it * 4 / b)]  # bytes touched, reuse (accesses per distinct byte)
             total_bytes[i] += b
-    flop = 2 * max(1, _mults(main.value)) if main is not None else 0
+    flop = 2 * max(1, mults(main.value)) if main is not None else 0
     for i, lv in enumerate(LEVELS):
         it = math.prod(lp.extent for lp in loops[-lv:])
         tb = max(total_bytes[i], 1.0)
@@ -281,7 +194,7 @@ class FeatureExtractor:
     CACHE_MAX = 200_000
 
     def __init__(self, workload: str, args: Sequence[int], target: str | Target,
-                 fingerprint: dict[str, Any] | None = None, space: Any = None) -> None:
+                 fingerprint: dict[str, Any] | None = None, space: Any = None, threads: int = 0) -> None:
         from farm.workloads.registry import get_workload
 
         self.wl = get_workload(workload)
@@ -289,11 +202,12 @@ class FeatureExtractor:
         self.target = Target.parse(target)
         self.space = space if space is not None else self.wl.space(self.args, self.target)
         fp = fingerprint or {}
-        caches = fp.get("caches") or {}
-        self.cores = int(fp.get("cores") or 1)
-        self.l1, self.l2 = int(caches.get("L1d", 32 << 10)), int(caches.get("L2", 1 << 20))
+        # The threads the kernel runs with (the measurement's num_threads), else every core.
+        self.cores = int(threads or fp.get("cores") or 1)
+        self.consts = estimate_constants(fp, self.target)
+        self.flops = float(self.wl.flops(self.args))
         self.dev = device_features(fp, self.target)
-        self._key = (self.wl.name, self.args, str(self.target), self.cores, self.l1, self.l2)
+        self._key = (self.wl.name, self.args, str(self.target), self.cores, self.consts)
 
     def _one(self, index: int) -> list[float]:
         key = self._key + (index,)
@@ -302,8 +216,8 @@ class FeatureExtractor:
             return hit
         try:
             sch, tensors = self.wl.instantiate(self.args, self.space.get(index), self.target)
-            nest = nest_features(lower(sch, tensors, self.wl.name), self.cores, self.target.num_vector_registers,
-                                 self.target.vector_lanes_f32, self.l1, self.l2)
+            nest = nest_features(lower(sch, tensors, self.wl.name), self.consts, self.cores,
+                                 self.target.vector_lanes_f32, self.flops)
         except (FarmError, ValueError, ZeroDivisionError) as e:
             log.debug("config %d of %s%s does not lower: %s", index, self.wl.name, self.args, e)
             nest = [math.nan] * NEST_DIM
@@ -345,5 +259,6 @@ PRIOR_COL = feature_names().index("prior")
 
 
 def prior_of(x: np.ndarray) -> np.ndarray:
-    """The pipeline estimate column of a feature matrix (a config that did not lower: 0)."""
+    """The estimate column of a feature matrix: the estimated fraction of the device's peak
+    (a config that did not lower: 0)."""
     return np.nan_to_num(x[:, PRIOR_COL].astype(np.float64), nan=0.0)

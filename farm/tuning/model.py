@@ -14,6 +14,7 @@ to avoid them, not forget them). Two objectives:
 """
 from __future__ import annotations
 
+import json
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
@@ -38,6 +39,7 @@ class TuneContext:
     target: str = "llvm -mcpu=native"
     device_key: str = ""
     fingerprint: dict[str, Any] = field(default_factory=dict, compare=False)
+    threads: int = 0  # threads the kernels run with (RunOptions.num_threads); 0: every core of the device
 
     @property
     def task(self) -> TaskId:
@@ -45,29 +47,38 @@ class TuneContext:
 
     def to_json(self) -> dict[str, Any]:
         return {"workload": self.workload, "args": list(self.args), "target": self.target,
-                "device_key": self.device_key, "fingerprint": self.fingerprint}
+                "device_key": self.device_key, "fingerprint": self.fingerprint, "threads": self.threads}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> TuneContext:
         return cls(str(d["workload"]), tuple(int(a) for a in d["args"]), str(d.get("target", "llvm -mcpu=native")),
-                   str(d.get("device_key", "")), dict(d.get("fingerprint") or {}))
+                   str(d.get("device_key", "")), dict(d.get("fingerprint") or {}), int(d.get("threads") or 0))
 
 
 _EXTRACTORS: dict[tuple[Any, ...], FeatureExtractor] = {}
 
 
 def extractor(ctx: TuneContext, space: Any = None) -> FeatureExtractor:
-    """One cached extractor per (task, device descriptor)."""
+    """One cached extractor per (task, device descriptor, threads)."""
     fp = ctx.fingerprint or {}
-    key = (ctx.workload, tuple(ctx.args), ctx.target, fp.get("cores"), str(fp.get("caches")), fp.get("isa"))
+    key = (ctx.workload, tuple(ctx.args), ctx.target, fp.get("cores"), str(fp.get("caches")), fp.get("isa"),
+           fp.get("cpu_name"), json.dumps(fp.get("probe"), sort_keys=True, default=str), ctx.threads)
     fe = _EXTRACTORS.get(key)
     if fe is None:
-        fe = _EXTRACTORS[key] = FeatureExtractor(ctx.workload, ctx.args, ctx.target, fp, space)
+        fe = _EXTRACTORS[key] = FeatureExtractor(ctx.workload, ctx.args, ctx.target, fp, space, ctx.threads)
     return fe
 
 
+def record_threads(r: Any) -> int:
+    """The threads a record's kernel ran with (0: not recorded, every core)."""
+    try:
+        return int((getattr(r, "timing", None) or {}).get("num_threads") or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
 def record_context(r: Any) -> TuneContext:
-    return TuneContext(r.workload, tuple(r.args), r.target, r.device_key, r.fingerprint)
+    return TuneContext(r.workload, tuple(r.args), r.target, r.device_key, r.fingerprint, record_threads(r))
 
 
 def normalized_labels(gflops: np.ndarray, groups: np.ndarray) -> np.ndarray:

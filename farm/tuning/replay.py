@@ -16,7 +16,7 @@ from typing import Any
 
 from farm.errors import FarmError
 from farm.log import LogRecord, load_log
-from farm.tuning.model import TuneContext
+from farm.tuning.model import record_context
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ class ReplayOracle:
         self.source = source
         self.records = list(records)
         r0 = records[0]
-        self.context = TuneContext(r0.workload, r0.args, r0.target, r0.device_key, r0.fingerprint)
+        self.context = record_context(r0)
         self.gflops: dict[int, float] = {}
         space = self.space()
         for r in records:

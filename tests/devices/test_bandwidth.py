@@ -27,7 +27,7 @@ def test_buffer_sizes_follow_the_caches() -> None:
 
 
 @pytest.mark.parametrize("lanes", [4, 8, 16])
-def test_read_loop_is_vector_loads_into_independent_sums(lanes: int) -> None:
+def test_read_loop_is_vector_loads_into_independent_ors(lanes: int) -> None:
     from farm.target import _llvm
 
     tgt = Target.parse("llvm -mtriple=x86_64-unknown-linux-gnu -mcpu=skylake-avx512")
@@ -35,9 +35,9 @@ def test_read_loop_is_vector_loads_into_independent_sums(lanes: int) -> None:
     tm = llvm.Target.from_triple(tgt.triple).create_target_machine(cpu=tgt.cpu, features=tgt.features, opt=3)
     asm = str(tm.emit_assembly(llvm.parse_assembly(read_loop_ir(tgt.triple, lanes))))
     reg = {4: "%xmm", 8: "%ymm", 16: "%zmm"}[lanes]
-    adds = [ln for ln in asm.splitlines() if ln.strip().startswith("vaddps") and "(%" in ln and reg in ln]
-    assert len(adds) == 8, asm  # eight loads folded into eight adds, one accumulator each
-    assert len({ln.split(",")[-1] for ln in adds}) == 8
+    ors = [ln for ln in asm.splitlines() if ln.strip().startswith("vpor") and "(%" in ln and reg in ln]
+    assert len(ors) == 8, asm  # eight loads folded into eight ORs, one accumulator each
+    assert len({ln.split(",")[-1] for ln in ors}) == 8
 
 
 def test_bandwidth_probe_on_this_machine() -> None:
@@ -47,6 +47,10 @@ def test_bandwidth_probe_on_this_machine() -> None:
     cpu_s = time.process_time() - c0
     bw = probe["bandwidth_gbps"]
     assert set(bw) == set(probe["bandwidth_bytes"]) >= {"L1", "DRAM"}
+    # L1 per vector width up to the widest (whose figure is the L1's)
+    by_bits = probe["l1_gbps_by_bits"]
+    assert set(by_bits) == {str(b) for b in (128, 256, 512) if b <= HOST.simd().bits}
+    assert by_bits[str(HOST.simd().bits)] == bw["L1"] and min(by_bits.values()) > 0
     assert ("L2" in bw) == bool(caches.get("L2")) and ("L3" in bw) == bool(caches.get("L3"))
     # Plausible: each level slower than the one above it (noise only lowers a figure, and the
     # levels differ by more than a busy machine's noise), all positive, L1 at least a vector per ns.

@@ -30,14 +30,21 @@ def _pipe(fe: FeatureExtractor, **knobs: Any) -> dict[str, float]:
 
 
 def test_pipeline_estimate_reads_the_register_tile() -> None:
-    # 16 fp32 lanes, 32 vector registers, 4 cores (FP).
+    # 16 fp32 lanes, 32 vector registers, 4 cores (FP); no probe: skylake-avx512's table row
+    # (two 512-bit FMAs and two loads a cycle, 4-cycle FMA latency: 8 FMAs in flight).
     fe = FeatureExtractor("matmul", (256, 256, 256), TARGET, FP)
+    assert fe.consts.source == "table:skylake-avx512"
     # An 8 x 16 tile: 8 independent vector accumulators (enough for 4-cycle x 2-pipe FMAs),
-    # full vectors, 32 row tiles over 4 cores.
+    # full vectors, 32 row tiles over 4 cores. Per k step 8 broadcasts of A and a vector of B
+    # feed 8 FMAs: two loads a cycle take 4.5 cycles for the FMAs' 4, 8/9 of the peak.
     good = _pipe(fe)
-    assert good == {"log2chains": 3.0, "vec_eff": 1.0, "par_eff": 1.0, "lat_eff": 1.0, "spill_eff": 1.0,
-                    "prior": 1.0}
-    assert _pipe(fe, tile_j=[-1, 1, 8])["vec_eff"] == 0.5  # half-empty vectors
+    assert {k: v for k, v in good.items() if k != "prior"} == {
+        "log2chains": 3.0, "vec_eff": 1.0, "par_eff": 1.0, "lat_eff": 1.0, "spill_eff": 1.0}
+    assert good["prior"] == pytest.approx(8 / 9, rel=0.01)
+    # 8 x 32: the same broadcasts feed twice the FMAs, which bound it now: the peak.
+    assert _pipe(fe, tile_j=[-1, 1, 32])["prior"] == pytest.approx(1.0, abs=0.01)
+    half = _pipe(fe, tile_j=[-1, 1, 8])  # half-empty vectors: this core's 256-bit FMAs do half the flops
+    assert half["vec_eff"] == 0.5 and half["prior"] == pytest.approx(good["prior"] / 2, rel=0.01)
     one = _pipe(fe, tile_i=[-1, 1, 1])  # a single accumulation chain: FMA latency bound
     assert one["log2chains"] == 0.0 and one["lat_eff"] == 1 / 8
     big = _pipe(fe, tile_i=[-1, 1, 16], tile_j=[-1, 1, 64])  # 64 accumulators cannot stay in 32 registers
@@ -87,22 +94,28 @@ def test_transfer_earns_its_share(small_space: Any, faithful: bool) -> None:
     src = [make_record(int(i), (f(int(i)) or 1.0) if faithful else 101.0 - f(int(i)), device="dev-b",
                        knobs=small_space.get(int(i)).to_json()["knobs"])
            for i in rng.choice(len(small_space), 300, replace=False)]
-    t = make_tuner("xgb", small_space, seed=0, context=ctx, transfer=src, min_train=8, eps=0.0,
-                   sa_steps=10, n_chains=16, num_rounds=40)
-    assert not t.estimate  # 32^3 matmul: 5 flops per byte, memory-bound
-    batch = t.propose(8)
-    assert {t.picked_by[i] for i in batch} == {"transfer"}  # the untrained model does not rank yet
-    for _ in range(4):
-        t.observe([(i, f(i)) for i in batch])
+    # The estimate is an expert of its own (tested above): off, the transfer competes with the model alone.
+    # Which expert leads after four rounds of a sharp synthetic landscape varies with the seed (a
+    # lucky pick moves an 8-pick average): the claim is what most seeds show.
+    shares = []
+    for seed in range(3):
+        t = make_tuner("xgb", small_space, seed=seed, context=ctx, transfer=src, min_train=8, eps=0.0,
+                       sa_steps=10, n_chains=16, num_rounds=40, estimate=False)
+        assert not t.estimate
         batch = t.propose(8)
-    n_transfer = [t.picked_by[i] for i in batch].count("transfer")
-    assert n_transfer == (6 if faithful else 2), [t.picked_by[i] for i in batch]
+        assert {t.picked_by[i] for i in batch} == {"transfer"}  # the untrained model does not rank yet
+        for _ in range(4):
+            t.observe([(i, f(i)) for i in batch])
+            batch = t.propose(8)
+        shares.append([t.picked_by[i] for i in batch].count("transfer"))
+    assert sorted(shares)[1] == (6 if faithful else 2), shares
 
 
 def test_estimate_only_where_it_applies() -> None:
+    """CPU targets, compute- or memory-bound; not GPUs."""
     from farm.tuning.tuners.xgb import estimate_applies
 
     assert estimate_applies(TuneContext("matmul", (256, 256, 256), TARGET, "d", FP))
-    assert not estimate_applies(TuneContext("matmul", (32, 32, 32), TARGET, "d", FP))  # 5 flops/byte
-    assert not estimate_applies(TuneContext("depthwise_conv2d", (1, 64, 56, 56, 3, 1, 1), TARGET, "d", FP))
+    assert estimate_applies(TuneContext("matmul", (32, 32, 32), TARGET, "d", FP))  # 5 flops/byte
+    assert estimate_applies(TuneContext("depthwise_conv2d", (1, 64, 56, 56, 3, 1, 1), TARGET, "d", FP))
     assert not estimate_applies(TuneContext("matmul", (256, 256, 256), "cuda -arch=sm_80", "d", FP))

@@ -1,0 +1,370 @@
+"""The analytic estimate: one call's time from the lowered loop nest and the device's constants.
+
+No training: it ranks a space before anything is measured (the xgb tuner's cold start) and is
+the base margin the trees learn the error of. Two bounds, the larger wins:
+
+* **core**: the main statement's register body (the innermost loops LLVM flattens: unrolled,
+  vectorized and short serial ones). Its FMAs issue at the device's rate for their vector width
+  (a 12-lane chunk computes as 16 lanes; Zen 4 issues 512-bit FMAs at half its 256-bit rate);
+  its independent accumulation chains must cover latency x rate (``fmas_in_flight``) when they
+  run on across bodies; its loads issue at the L1's rate for their width, a non-power-of-two
+  vector in power-of-two pieces put back together (lane by lane when masked), a load that
+  straddles two cache lines as two; accumulators that outnumber the vector registers spill.
+  The copies around the main statement (padding, write-back) add a vector load and store per
+  element vector.
+* **memory**: per statement, the bytes each cache level receives from the one below, over the
+  bandwidth of the level they come from; the slowest level bounds (they stream at once). A
+  level receives nothing when everything the kernel touches fits in it (a timed kernel runs
+  back to back); otherwise, for the largest innermost block of loops whose footprint fits, the
+  footprint of the block one loop larger, once per iteration of the loops outside it.
+
+``prior`` is the estimated fraction of the device's peak (flops over time, over every core's
+best FMA rate), so it ranks compute-bound and memory-bound operators alike.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from farm.compiler import arith
+from farm.compiler.ir import Allocate, Block, BufferLoad, For, IfThenElse, PrimFunc, Stmt, Store, expr_children
+from farm.te.expr import Expr, Select, Var, free_vars, walk
+from farm.tuning.constants import EstimateConstants
+
+# LLVM fully unrolls a short constant-trip loop around a small body; this many
+# vector operations is about where its O3 full-unroll threshold stops (a compiler
+# setting, not a property of the machine).
+UNROLL_BODY = 64
+LINE = 64  # cache line bytes: the unit caches move
+GUARD_EFF = 0.8  # a body under a tail guard runs a masked or branchy variant
+RESERVED_VREGS = 4  # registers a body needs beside its accumulators: broadcast and loaded operands
+
+NestStore = tuple[Store, list[For], int]  # a store, its loops (outermost first), guards around it
+
+
+def nest_stores(s: Stmt, stack: list[For] | None = None, guards: int = 0,
+                out: list[NestStore] | None = None) -> list[NestStore]:
+    """Every store of a nest with its enclosing loops and the number of guards around it."""
+    stack = stack or []
+    out = [] if out is None else out
+    if isinstance(s, For):
+        nest_stores(s.body, stack + [s], guards, out)
+    elif isinstance(s, Store):
+        out.append((s, stack, guards))
+    elif isinstance(s, IfThenElse):
+        nest_stores(s.then, stack, guards + 1, out)
+        if s.orelse is not None:
+            nest_stores(s.orelse, stack, guards + 1, out)
+    elif isinstance(s, Allocate):
+        nest_stores(s.body, stack, guards, out)
+    elif isinstance(s, Block):
+        for x in s.stmts:
+            nest_stores(x, stack, guards, out)
+    return out
+
+
+def mults(e: Expr) -> int:
+    return sum(1 for x in walk(e) if getattr(x, "op", None) == "*" and x.dtype.startswith("float"))
+
+
+def work(x: NestStore) -> float:
+    return math.prod(lp.extent for lp in x[1]) * max(1, mults(x[0].value))
+
+
+def coefs(idx: Sequence[Expr], ranges: dict[Var, tuple[int, int]]) -> list[dict[Var, int]]:
+    """Per index, the coefficient of each loop variable (linear terms only)."""
+    out = []
+    for e in idx:
+        try:
+            terms, _ = arith.linear(e, ranges)
+        except Exception:  # an index arith cannot linearise: no stride information for it
+            terms = {}
+        out.append({k: v for k, v in terms.items() if isinstance(k, Var)})
+    return out
+
+
+def _isz(dtype: str) -> int:
+    return 8 if "64" in dtype else 2 if "16" in dtype else 1 if "8" in dtype else 4
+
+
+class Access:
+    """One buffer a statement reads or writes: its footprint for every innermost block of loops."""
+
+    def __init__(self, buf: Any, indices: Sequence[Expr], loops: list[For], ranges: dict[Var, tuple[int, int]],
+                 write: bool) -> None:
+        self.buf, self.write = buf, write
+        linear: list[dict[Var, int]] = []  # per index: |coefficient| of each loop variable
+        opaque: list[list[tuple[Expr, int]]] = []  # per index: non-linear terms (fused loops' % and //)
+        for e in indices:
+            try:
+                lin, _ = arith.linear(e, ranges)
+                items = [(a, abs(c)) for a, c in lin.items() if c]
+            except Exception:  # not linearisable: treat the whole index as one opaque term
+                items = [(e, 1)]
+            linear.append({a: c for a, c in items if isinstance(a, Var)})
+            opaque.append([(a, c) for a, c in items if not isinstance(a, Var)])
+        isz = _isz(buf.dtype)
+        shape = list(buf.shape) + [1] * (len(indices) - len(buf.shape))
+        n = len(loops)
+        spans = [1] * len(indices)
+        inner: dict[Var, tuple[int, int]] = {}
+        self.bytes: list[float] = []  # [m]: bytes touched by the innermost m loops (cache-line granular)
+        for m in range(n + 1):
+            if m:
+                lp = loops[n - m]
+                inner[lp.var] = (0, lp.extent - 1)
+                spans = [s + lin.get(lp.var, 0) * (lp.extent - 1) for s, lin in zip(spans, linear)]
+            full = list(spans)
+            for d, terms in enumerate(opaque):
+                for atom, c in terms:
+                    if free_vars(atom) & inner.keys():
+                        b = arith.bounds(atom, {**{v: (0, 0) for v in ranges}, **inner})
+                        full[d] += c * (b[1] - b[0]) if b else shape[d] - 1
+            full = [min(x, dim) for x, dim in zip(full, shape)]
+            rows = math.prod(full[:-1]) if full else 1
+            last = full[-1] * isz if full else isz
+            self.bytes.append(float(rows * math.ceil(last / LINE) * LINE))
+
+
+def accesses(store: Store, loops: list[For], ranges: dict[Var, tuple[int, int]]) -> list[Access]:
+    """The statement's global buffers (local ones live in registers or on the stack)."""
+    out = []
+    if store.buffer.scope != "local":
+        out.append(Access(store.buffer, store.indices, loops, ranges, True))
+    seen = set()
+    for e in walk(store.value):
+        if isinstance(e, BufferLoad) and e.buffer.scope != "local" and (e.buffer, id(e)) not in seen:
+            seen.add((e.buffer, id(e)))
+            out.append(Access(e.buffer, e.indices, loops, ranges, False))
+    return out
+
+
+def level_traffic(acc: list[Access], loops: list[For], capacity: int) -> float:
+    """Bytes a cache of ``capacity`` receives from below over the statement's loops."""
+    n = len(loops)
+    if not acc:
+        return 0.0
+    total = [sum(a.bytes[m] * (2 if a.write else 1) for a in acc) for m in range(n + 1)]
+    fit = max((m for m in range(n + 1) if total[m] <= capacity), default=-1)
+    if fit >= n:
+        return total[n]
+    block = fit + 1  # the smallest block that does not fit: its footprint streams through, once per outer trip
+    return total[block] * math.prod(lp.extent for lp in loops[: n - block])
+
+
+def memory_seconds(stores: list[NestStore], func: PrimFunc, c: EstimateConstants, cores: int) -> float:
+    """Bytes moved into L1, L2 and L3 over the bandwidth of the level each comes from."""
+    ws = sum(b.size * _isz(b.dtype) for b in [*func.params, *func.globals] if getattr(b, "scope", "") != "local")
+    levels = [(cap, src) for cap, src in zip(c.caches, ("L2", "L3", "DRAM")) if cap > 0]
+    # With no L3 an L2 miss goes to DRAM; the "L3" bandwidth reads as DRAM then (gbps()).
+    ns = 0.0
+    for st, loops, _ in stores:
+        ranges: dict[Var, tuple[int, int]] = {lp.var: (0, lp.extent - 1) for lp in loops}
+        acc = accesses(st, loops, ranges)
+        # The levels stream at once (hardware prefetch moves L3->L2 while L2->L1 runs): the slowest
+        # bounds. Their sum overstated depthwise conv2d's best config by a third (61 us for 45).
+        per = [level_traffic(acc, loops, cap) / c.gbps(src if src != "L3" or c.caches[2] else "DRAM")
+               for cap, src in levels if ws > cap]
+        t = max(per, default=0.0)
+        ns += t / _parallel(loops, cores)
+    return ns * 1e-9
+
+
+def _parallel(loops: list[For], cores: int) -> float:
+    """Cores a statement keeps busy: its parallel loop's chunks over the cores."""
+    par = max((lp.extent for lp in loops if lp.kind == "parallel"), default=0)
+    if not par:
+        return 1.0
+    return par / math.ceil(par / cores)
+
+
+def _pieces(w: int) -> list[int]:
+    """The power-of-two loads LLVM splits a ``w``-lane load into (14: 8, 4, 2)."""
+    return [1 << b for b in range(w.bit_length() - 1, -1, -1) if w >> b & 1]
+
+
+def _pow2(w: int) -> int:
+    return 1 << max(0, (w - 1).bit_length())
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """The estimate of one config and the factors behind it (the cost model's pipeline features)."""
+
+    seconds: float
+    core_s: float
+    memory_s: float
+    chains: int
+    vec_eff: float  # flops per FMA issue slot against the widest FMA's
+    par_eff: float  # cores kept busy by the main statement, of all
+    lat_eff: float  # issue time over max(issue, latency chain)
+    spill_eff: float
+    prior: float  # flops / seconds / (peak x cores)
+
+    def row(self) -> list[float]:
+        mem = math.log2(self.memory_s / self.core_s) if self.memory_s > 0 and self.core_s > 0 else -8.0
+        return [math.log2(self.chains) if self.chains > 0 else -1.0, self.vec_eff, self.par_eff, self.lat_eff,
+                self.spill_eff, self.prior, mem]
+
+
+NEUTRAL = Estimate(0.0, 0.0, 0.0, 0, 1.0, 1.0, 1.0, 1.0, 1.0)
+
+
+def estimate(func: PrimFunc, c: EstimateConstants, cores: int, lanes: int, flops: float = 0.0,
+             stores: list[NestStore] | None = None) -> Estimate:
+    """The estimate of a lowered kernel on a device (``lanes``: the target's f32 vector lanes;
+    ``stores``: ``nest_stores(func.body)`` when the caller has them)."""
+    stores = nest_stores(func.body) if stores is None else stores
+    if not stores or lanes <= 1:
+        return NEUTRAL
+    main, loops, guards = max(stores, key=work)
+    ranges: dict[Var, tuple[int, int]] = {lp.var: (0, lp.extent - 1) for lp in loops}
+    init = next((lp for st, lp, _ in stores if st is not main and st.buffer is main.buffer), [])
+    scope = next((n for n, (a, b) in enumerate(zip(loops, init)) if a is not b), min(len(loops), len(init)))
+    core = _core(main, loops, ranges, guards, c, lanes, scope)
+    par = _parallel(loops, cores)
+    other = sum(_copy_seconds(s, lp, c, lanes) / _parallel(lp, cores) for s, lp, _ in stores if s is not main)
+    core_s = core.seconds / par + other
+    mem_s = memory_seconds(stores, func, c, cores)
+    total = max(core_s, mem_s)
+    useful = flops or 2.0 * max(1, mults(main.value)) * math.prod(lp.extent for lp in loops)
+    prior = useful / max(total * 1e9, 1e-12) / (c.peak_flops_per_ns * cores)
+    return Estimate(total, core_s, mem_s, core.chains, core.vec_eff, par / cores, core.lat_eff, core.spill_eff,
+                    min(1.0, prior))
+
+
+@dataclass(frozen=True)
+class _Core:
+    seconds: float
+    chains: int
+    vec_eff: float
+    lat_eff: float
+    spill_eff: float
+
+
+def _core(main: Store, loops: list[For], ranges: dict[Var, tuple[int, int]], guards: int,
+          c: EstimateConstants, lanes: int, scope: int = 0) -> _Core:
+    """One core's time for the main statement: its register body's FMA issue, latency and loads.
+
+    ``scope``: the loops outside the accumulators' lifetime (those around their initial store):
+    each of their iterations starts fresh chains."""
+    out_vars: set[Var] = set()
+    for oc in coefs(main.indices, ranges):
+        out_vars |= {v for v, k in oc.items() if k}
+    flat: list[For] = []
+    size = 1
+    for lp in reversed(loops):
+        ok = lp.kind in ("unroll", "vectorize") or (lp.kind == "serial" and lp.extent * size <= UNROLL_BODY)
+        if not ok:
+            break
+        flat.append(lp)
+        size *= math.ceil(lp.extent / lanes) if lp.kind == "vectorize" else lp.extent
+    vloop = next((lp for lp in flat if lp.kind == "vectorize"), None)
+    others = [lp for lp in flat if lp is not vloop]
+    n_other = math.prod(lp.extent for lp in others)
+    chains_other = math.prod(lp.extent for lp in others if lp.var in out_vars)
+    # The code generator cuts a vector loop into chunks of the native width (llvm_cpu).
+    v = vloop.extent if vloop else 1
+    chunks = [lanes] * (v // lanes) + ([v % lanes] if v % lanes else []) if vloop else [1]
+    widths = [32 * min(lanes, _pow2(w)) if vloop else 32 for w in chunks]
+    m = max(1, mults(main.value))
+    issue = n_other * m * sum(1.0 / c.fma_rate(b) for b in widths)
+    # Loads of the body: one per distinct address LLVM sees (the flattened body shares them),
+    # each at the L1's rate for its width.
+    load_ns = inserts = 0.0
+    for e, masked in _loads(main.value, vloop.var if vloop else None):
+        if e.buffer is main.buffer or e.buffer.scope == "local":
+            continue
+        cf = coefs(e.indices, ranges)
+        distinct = 1
+        for d, k in enumerate(cf):
+            span = 1 + sum(abs(k.get(lp.var, 0)) * (lp.extent - 1) for lp in others)
+            distinct *= min(span, e.buffer.shape[d]) if d < len(e.buffer.shape) else span
+        stride = sum(e.buffer.strides[d] * k.get(vloop.var, 0) for d, k in enumerate(cf)) if vloop else 0
+        if not vloop or stride == 0:  # scalar or broadcast: one load serves every chunk
+            load_ns += distinct / c.load_rate(32)
+            continue
+        align = _alignment(e, ranges, vloop, lanes) if abs(stride) == 1 else 4
+        for w in chunks:
+            if abs(stride) == 1 and not (masked and w != _pow2(w)):
+                # a load that straddles two cache lines costs two
+                load_ns += distinct * sum((1.0 + _split(4 * p, align)) / c.load_rate(32 * p) for p in _pieces(w))
+                inserts += distinct * (len(_pieces(w)) - 1)
+            else:  # a gather, or a masked load LLVM cannot widen: lane by lane, a load and an insert each
+                load_ns += distinct * w / c.load_rate(32)
+                inserts += distinct * w
+    if main.buffer.scope != "local":  # accumulating in memory: a load and a store per output vector
+        load_ns += 2 * chains_other * sum(1.0 / c.load_rate(b) for b in widths)
+    issue += inserts / c.fma_rate(max(widths))
+    # A chain only waits on its FMA latency when it runs on across bodies (a reduction loop outside
+    # the flattened body, inside the accumulators' scope: the k loop of a GEMM tile). Bodies whose
+    # chains start fresh are independent, and out-of-order execution overlaps them.
+    in_body = {id(lp) for lp in flat}
+    carried = any(lp.var not in out_vars for lp in loops[scope:] if id(lp) not in in_body)
+    reduce_depth = n_other / max(1, chains_other) if carried else 0.0  # dependent FMAs per chain in one body
+    latency = reduce_depth * m * max(c.in_flight(b) / c.fma_rate(b) for b in widths)
+    chains = chains_other * len(chunks)
+    room = max(1, c.vector_registers - RESERVED_VREGS)
+    spill_eff = 1.0 if chains <= room else room / chains
+    body = max(issue, latency, load_ns) / spill_eff / (GUARD_EFF if guards else 1.0)
+    bodies = math.prod(lp.extent for lp in loops) / max(1, n_other * v)
+    peak = c.peak_flops_per_ns
+    vec_eff = 2.0 * n_other * m * sum(chunks) / (issue * peak) if issue else 1.0
+    return _Core(body * bodies * 1e-9, chains, min(1.0, vec_eff), issue / max(issue, latency), spill_eff)
+
+
+def _alignment(e: BufferLoad, ranges: dict[Var, tuple[int, int]], vloop: For | None, lanes: int) -> int:
+    """Bytes every address of a vector load is a multiple of (within a cache line): the gcd of
+    its index's steps over the loops (the vector loop's in whole chunks) and its offset; buffers
+    themselves start on a line."""
+    g = LINE
+    isz = _isz(e.buffer.dtype)
+    for d, idx in enumerate(e.indices):
+        stride = e.buffer.strides[d] if d < len(e.buffer.strides) else 1
+        try:
+            terms, const = arith.linear(idx, ranges)
+        except Exception:  # not linearisable: assume element alignment
+            return isz
+        g = math.gcd(g, const * stride * isz)
+        for atom, k in terms.items():
+            if vloop is not None and atom is vloop.var:
+                k *= lanes  # chunks start every ``lanes`` elements
+            elif isinstance(atom, Var) and ranges.get(atom, (0, 0))[1] == 0:
+                continue  # a loop of one iteration moves nothing
+            g = math.gcd(g, k * stride * isz)
+    return g or LINE
+
+
+def _split(width: int, align: int) -> float:
+    """The share of ``width``-byte loads at multiples of ``align`` bytes that cross a cache line."""
+    offsets = range(0, LINE, max(1, align))
+    return sum(1 for o in offsets if o + width > LINE) / len(offsets)
+
+
+def _loads(e: Expr, vvar: Var | None, masked: bool = False) -> list[tuple[BufferLoad, bool]]:
+    """The loads of an expression, each with whether a lane-dependent select guards it (the
+    code generator masks those)."""
+    if isinstance(e, BufferLoad):
+        return [(e, masked)]
+    if isinstance(e, Select):
+        lane = vvar is not None and vvar in free_vars(e.cond)
+        return (_loads(e.cond, vvar, masked) + _loads(e.t, vvar, masked or lane)
+                + _loads(e.f, vvar, masked or lane))
+    out = []
+    for x in expr_children(e):
+        out += _loads(x, vvar, masked)
+    return out
+
+
+def _copy_seconds(st: Store, loops: list[For], c: EstimateConstants, lanes: int) -> float:
+    """A statement around the main one (padding, write-back): a vector load per global buffer it
+    reads and a vector store per element vector (LLVM vectorizes such copies), at the L1's rate.
+    A store into a local tile (an accumulator's initial value) is register work: free."""
+    if st.buffer.scope == "local":
+        return 0.0
+    n = math.prod(lp.extent for lp in loops)
+    vec = min(lanes, next((lp.extent for lp in reversed(loops) if lp.kind == "vectorize"), lanes))
+    reads = sum(1 for e in walk(st.value) if isinstance(e, BufferLoad) and e.buffer.scope != "local")
+    return n / max(1, vec) * (1 + reads) / c.load_rate(32 * _pow2(vec)) * 1e-9
