@@ -114,7 +114,7 @@ class CampaignRunner:
         wl = w.resolve()
         space = wl.space(w.shape, target)
         wl_hash = wl.compute_hash(w.shape, target)
-        ctx = TuneContext(w.name, tuple(w.shape), target, key, fp)
+        ctx = TuneContext(w.name, tuple(w.shape), target, key, fp, self.spec.timing.num_threads)
         tuner = make_tuner(self.spec.tuner, space, seed=self.spec.seed + 7919 * n,
                            context=ctx, early_stopping=self.spec.early_stopping)
         tuner.own_machines = self.fleet.identities(key) or None  # the machines of the key (set_aside's)

@@ -133,3 +133,21 @@ def test_batch_diversity_spreads_the_tail_of_a_batch(small_space: Any) -> None:
         assert len(set(batch)) == 16
         # The control: on this landscape the model's best picks are one knob apart.
         assert (tail_min >= 2) if spread else (tail_min == 1), (opts, tail_min)
+
+
+def test_records_of_another_machine_under_the_same_key_only_rank(small_space: Any) -> None:
+    """Same key, workload and shape, but measured on another CPU: not this task's results (the
+    bench_transfer finding: a Zen 4's log loaded under this key counted 2000 trials and its best)."""
+    import dataclasses
+
+    here = {"isa": "x86_64", "cpu_name": "emeraldrapids", "cpu_features": ["avx2", "avx512f", "fma"]}
+    there = {"isa": "x86_64", "cpu_name": "znver4", "cpu_features": ["avx2", "avx512f", "fma"]}
+    ctx = dataclasses.replace(CTX, fingerprint=here)
+    recs = [make_record(i, 10.0 + i, knobs=small_space.get(i).to_json()["knobs"]) for i in range(1, 6)]
+    foreign = [dataclasses.replace(r, fingerprint=there) for r in recs]
+    same = [dataclasses.replace(r, fingerprint={**here, "probe": {"seconds": 0.2}}) for r in recs]
+    t = make_tuner("xgb", small_space, seed=0, context=ctx)
+    assert t.load_history(foreign) == 0 and t.trials == 0 and not t.visited
+    assert make_tuner("xgb", small_space, seed=0, context=ctx).load_history(same) == 5  # probe values aside
+    unknown = [dataclasses.replace(r, fingerprint={}) for r in recs]  # an old log without fingerprints: own
+    assert make_tuner("random", small_space, seed=0, context=ctx).load_history(unknown) == 5
