@@ -51,6 +51,22 @@ def _x_candidates(ow: int, lanes: int) -> list[int]:
     return sorted(x for x in c if 1 <= x <= max(ow, 1))[:8] or [1]
 
 
+def _schedule_tile(cfg: Any, s: Schedule, cc: Tensor, lead: list[Any], tile: list[Any], vec: Any) -> None:
+    """The register tile's cache stage: the reduction split by ``tile_rc`` and ordered by ``order``
+    outside the ``tile`` loops (unrolled by ``unroll``) and the vectorized one, ``vec``."""
+    sc = s[cc]
+    crc, cry, crx = sc.op.reduce_axis
+    rco, rci = cfg["tile_rc"].apply(s, cc, crc)
+    reduction = {0: (rco, cry, crx, rci), 1: (rco, rci, cry, crx), 2: (rco, cry, rci, crx)}[cfg["order"]]
+    sc.reorder(*lead, *reduction, *tile, vec)
+    if cfg["unroll"] >= 1:
+        for lp in tile:
+            sc.unroll(lp)
+    if cfg["unroll"] >= 2:
+        sc.unroll(crx)
+    sc.vectorize(vec)
+
+
 def _conv_template(cfg: Any, args: Sequence[int], target: Target) -> tuple[Schedule, list[Tensor]]:
     n, c, h, w, k, r, stride, pad = args
     oh, ow = out_size(h, r, stride, pad), out_size(w, r, stride, pad)
@@ -96,21 +112,7 @@ def _conv_template(cfg: Any, args: Sequence[int], target: Target) -> tuple[Sched
         so.parallel(so.fuse(b, fo, yo))
     sc.compute_at(so, xo)
     cb, cf, cy, cx = sc.op.axis
-    crc, cry, crx = sc.op.reduce_axis
-    rco, rci = cfg["tile_rc"].apply(s, cc, crc)
-    order = cfg["order"]
-    if order == 0:
-        sc.reorder(cb, rco, cry, crx, rci, cf, cy, cx)
-    elif order == 1:
-        sc.reorder(cb, rco, rci, cry, crx, cf, cy, cx)
-    else:
-        sc.reorder(cb, rco, cry, rci, crx, cf, cy, cx)
-    if cfg["unroll"] >= 1:
-        sc.unroll(cf)
-        sc.unroll(cy)
-    if cfg["unroll"] >= 2:
-        sc.unroll(crx)
-    sc.vectorize(cx)
+    _schedule_tile(cfg, s, cc, [cb], [cf, cy], cx)
     if padded is not data:
         if cfg["pad_inline"]:
             s[padded].compute_inline()
@@ -163,21 +165,7 @@ def _packed_conv(cfg: Any, args: Sequence[int], data: Tensor, weight: Tensor, pa
         sp.parallel(sp.fuse(pb, pfo, pyo))
     sc.compute_at(sp, pxo)
     cb, cfo, cy, cx, cfi = sc.op.axis
-    crc, cry, crx = sc.op.reduce_axis
-    rco, rci = cfg["tile_rc"].apply(s, cc, crc)
-    order = cfg["order"]
-    if order == 0:
-        sc.reorder(cb, cfo, rco, cry, crx, rci, cy, cx, cfi)
-    elif order == 1:
-        sc.reorder(cb, cfo, rco, rci, cry, crx, cy, cx, cfi)
-    else:
-        sc.reorder(cb, cfo, rco, cry, rci, crx, cy, cx, cfi)
-    if cfg["unroll"] >= 1:
-        sc.unroll(cy)
-        sc.unroll(cx)
-    if cfg["unroll"] >= 2:
-        sc.unroll(crx)
-    sc.vectorize(cfi)
+    _schedule_tile(cfg, s, cc, [cb, cfo], [cy, cx], cfi)
     sw = s[wp]
     sw.vectorize(sw.op.axis[-1])
     if par:
