@@ -60,6 +60,7 @@ def measured_peak_gflops(threads: int | None = None, seconds: float = 0.5, tries
     chains = chains_for(simd)
     n = threads or host_cores()
     best: dict[str, Any] = {}
+    by_lanes: dict[int, float] = {}
     for lanes in sorted({x for x in (simd.lanes_f32 // 2, simd.lanes_f32) if x >= 4} or {simd.lanes_f32}):
         loop = FmaLoop(lanes, chains)
         rate = loop.best_rate(seconds, tries)  # steps per second on one core
@@ -67,9 +68,10 @@ def measured_peak_gflops(threads: int | None = None, seconds: float = 0.5, tries
         wall = min(_all_cores(loop, steps, n) for _ in range(tries))
         fig = {"lanes": lanes, "peak_1core_gflops": rate * loop.flops_per_step / 1e9,
                "peak_gflops": n * steps * loop.flops_per_step / wall / 1e9}
+        by_lanes[lanes] = fig["peak_gflops"]
         if fig["peak_gflops"] > best.get("peak_gflops", 0.0):
             best = fig
-    return {**best, "cores": n, "chains": chains, "vector_registers": simd.registers,
+    return {**best, "by_lanes": by_lanes, "cores": n, "chains": chains, "vector_registers": simd.registers,
             "fma_latency": simd.fma_latency, "fma_pipes": simd.fma_pipes}
 
 
