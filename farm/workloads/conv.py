@@ -51,6 +51,18 @@ def _x_candidates(ow: int, lanes: int) -> list[int]:
     return sorted(x for x in c if 1 <= x <= max(ow, 1))[:8] or [1]
 
 
+def _schedule_pad(cfg: Any, s: Schedule, data: Tensor, padded: Tensor) -> None:
+    """The padded input: inlined into its readers (``pad_inline``) or one pass at root, over the
+    threads when the convolution runs parallel."""
+    if padded is data:
+        return
+    if cfg["pad_inline"]:
+        s[padded].compute_inline()
+    elif cfg["parallel"]:
+        sp = s[padded]
+        sp.parallel(sp.fuse(sp.op.axis[0], sp.op.axis[1]))
+
+
 def _schedule_tile(cfg: Any, s: Schedule, cc: Tensor, lead: list[Any], tile: list[Any], vec: Any) -> None:
     """The register tile's cache stage: the reduction split by ``tile_rc`` and ordered by ``order``
     outside the ``tile`` loops (unrolled by ``unroll``) and the vectorized one, ``vec``."""
@@ -113,14 +125,7 @@ def _conv_template(cfg: Any, args: Sequence[int], target: Target) -> tuple[Sched
     sc.compute_at(so, xo)
     cb, cf, cy, cx = sc.op.axis
     _schedule_tile(cfg, s, cc, [cb], [cf, cy], cx)
-    if padded is not data:
-        if cfg["pad_inline"]:
-            s[padded].compute_inline()
-        else:
-            sp = s[padded]
-            pb, pc, py, px = sp.op.axis
-            if par:
-                sp.parallel(sp.fuse(pb, pc))
+    _schedule_pad(cfg, s, data, padded)
     return s, [data, weight, out]
 
 
@@ -170,12 +175,7 @@ def _packed_conv(cfg: Any, args: Sequence[int], data: Tensor, weight: Tensor, pa
     sw.vectorize(sw.op.axis[-1])
     if par:
         sw.parallel(sw.op.axis[0])
-    if padded is not data:
-        if cfg["pad_inline"]:
-            s[padded].compute_inline()
-        elif par:
-            spd = s[padded]
-            spd.parallel(spd.fuse(spd.op.axis[0], spd.op.axis[1]))
+    _schedule_pad(cfg, s, data, padded)
     return s, [data, weight, out]
 
 
@@ -219,12 +219,7 @@ def _depthwise_template(cfg: Any, args: Sequence[int], target: Target) -> tuple[
         sc.unroll(crx)
         sc.unroll(cy)
     sc.vectorize(cx)
-    if padded is not data:
-        if cfg["pad_inline"]:
-            s[padded].compute_inline()
-        elif cfg["parallel"]:
-            sp = s[padded]
-            sp.parallel(sp.fuse(sp.op.axis[0], sp.op.axis[1]))
+    _schedule_pad(cfg, s, data, padded)
     return s, [data, weight, out]
 
 
