@@ -105,3 +105,16 @@ def test_a_tiny_live_run_prints_the_figures(monkeypatch: pytest.MonkeyPatch,
         assert configs[0] == 0 and len(set(configs)) == 10  # the default first, then nine distinct proposals
         assert len(mm[m]["loadavg_1m"][0]) == 2
     assert "never" in out or "transfer/cold" in out
+
+
+def test_retime_times_only_configs_near_the_best_and_counts_the_rest_as_zero() -> None:
+    """Re-timing builds and times, side by side, every config some run timed at >= the floor x the best."""
+    task = bt.TaskDef("matmul", SHAPE, ())
+    here = str(Target.host())
+    runs = {"cold": {0: {"configs": [0, 5, 9], "gflops": [10.0, 100.0, 59.0]}},
+            "transfer": {0: {"configs": [0, 7], "gflops": [10.0, 61.0]}}}
+    worth = bt.retime(task, runs, here, floor=0.6, rounds=2)
+    assert sorted(worth) == [5, 7]  # 59 < 0.6 x 100: not near the best, not re-timed
+    assert all(g > 0 for g in worth.values())
+    runs["cold"][0]["retimed"] = [worth.get(c, 0.0) for c in runs["cold"][0]["configs"]]
+    assert runs["cold"][0]["retimed"][0] == 0.0 and runs["cold"][0]["retimed"][2] == 0.0
