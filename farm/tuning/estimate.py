@@ -10,6 +10,7 @@ the base margin the trees learn the error of. Two bounds, the larger wins:
   run on across bodies; its loads issue at the L1's rate for their width, a non-power-of-two
   vector in power-of-two pieces put back together (lane by lane when masked), a load that
   straddles two cache lines as two; accumulators that outnumber the vector registers spill.
+  The three overlap imperfectly: the body takes their 4-norm (``_overlap``), not their maximum.
   The copies around the main statement (padding, write-back) add a vector load and store per
   element vector.
 * **memory**: per statement, the bytes each cache level receives from the one below, over the
@@ -39,6 +40,7 @@ from farm.tuning.constants import EstimateConstants
 UNROLL_BODY = 64
 LINE = 64  # cache line bytes: the unit caches move
 GUARD_EFF = 0.8  # a body under a tail guard runs a masked or branchy variant
+OVERLAP_P: float | None = 4.0  # see _overlap (None: the plain maximum)
 RESERVED_VREGS = 4  # registers a body needs beside its accumulators: broadcast and loaded operands
 
 NestStore = tuple[Store, list[For], int]  # a store, its loops (outermost first), guards around it
@@ -308,11 +310,24 @@ def _core(main: Store, loops: list[For], ranges: dict[Var, tuple[int, int]], gua
     chains = chains_other * len(chunks)
     room = max(1, c.vector_registers - RESERVED_VREGS)
     spill_eff = 1.0 if chains <= room else room / chains
-    body = max(issue, latency, load_ns) / spill_eff / (GUARD_EFF if guards else 1.0)
+    body = _overlap(issue, latency, load_ns) / spill_eff / (GUARD_EFF if guards else 1.0)
     bodies = math.prod(lp.extent for lp in loops) / max(1, n_other * v)
     peak = c.peak_flops_per_ns
     vec_eff = 2.0 * n_other * m * sum(chunks) / (issue * peak) if issue else 1.0
     return _Core(body * bodies * 1e-9, chains, min(1.0, vec_eff), issue / max(issue, latency), spill_eff)
+
+
+def _overlap(*times: float) -> float:
+    """The time of resources that run at once (FMA issue, the latency chain, loads): the largest,
+    plus a share of the others as it nears them (a p-norm). Out-of-order execution overlaps them,
+    but not perfectly: with exactly latency x rate chains, or loads nearly as busy as the FMAs, a
+    late operand stalls a pipe that has no slack to catch up."""
+    if OVERLAP_P is None:
+        return max(times)
+    top = max(times)
+    if top <= 0:
+        return 0.0
+    return top * sum((t / top) ** OVERLAP_P for t in times) ** (1.0 / OVERLAP_P)
 
 
 def _alignment(e: BufferLoad, ranges: dict[Var, tuple[int, int]], vloop: For | None, lanes: int) -> int:
