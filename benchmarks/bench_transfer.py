@@ -34,8 +34,8 @@ config (every campaign measures it first), then the configs in the order the tun
 machine the same kernel times 30-50% apart a minute apart (clock and neighbours), so the best of
 hundreds of campaign timings is a lucky one, a bar no other run reaches however good its configs.
 So after the campaigns every config any run measured at >= 60% of the best campaign timing is built
-again and re-timed side by side, ``RETIME_ROUNDS`` rounds in a shuffled order (the same repeats as
-the campaigns), and its median is its worth; configs below that floor count as 0. The bar is 95%
+again and re-timed side by side on the farm's device, ``RETIME_ROUNDS`` rounds in a shuffled order
+(the campaigns' timing options), and its median is its worth; configs below that floor count as 0. The bar is 95%
 of the best re-timed config; a run's trials-to-95% is the first trial at which its best so far
 reaches it, and a run that never does counts as the budget + 1 ("never" in the table). The same
 figures from the campaigns' own timings are printed (and in the JSON, ``campaign_timed``) beside
@@ -75,6 +75,7 @@ from farm.campaign.driver import CampaignRunner  # noqa: E402
 from farm.campaign.sinks import FileSink  # noqa: E402
 from farm.errors import FarmError  # noqa: E402
 from farm.log import LogRecord, load_log  # noqa: E402
+from farm.records.measure import RunOptions  # noqa: E402
 from farm.target import Target  # noqa: E402
 from farm.workloads.registry import get_workload  # noqa: E402
 
@@ -84,6 +85,7 @@ BATCH = 8
 GOAL = 0.95
 RETIME_FLOOR = 0.6  # of the best campaign timing: configs below it cannot be near the best (noise is < 40%)
 RETIME_ROUNDS = 3
+TIMING = RunOptions(repeat=3, min_repeat_ms=30, timeout_s=20)  # the campaigns' and the re-timing's
 GOALS = {"transfer_over_cold_trials_to_95": 0.7, "transfer_over_cold_worst": 1.1, "cold_worst_trials_to_95": 48}
 
 
@@ -189,13 +191,12 @@ def tune_once(session: Any, task: TaskDef, mode: str, seed: int, trials: int, so
               workdir: Path) -> dict[str, Any]:
     """One campaign; its per-trial GFLOPS in proposal order and where its proposals came from."""
     from farm.campaign.config import CampaignSpec, WorkloadSpec
-    from farm.records.measure import RunOptions
 
     log = workdir / f"{task.workload}_{'x'.join(map(str, task.shape))}_{mode}_{seed}.jsonl"
     spec = CampaignSpec(
         name=f"bench-transfer-{mode}-{seed}", workloads=(WorkloadSpec(task.workload, task.shape),), log=log,
         device_keys=(KEY,), tuner="xgb", trials=trials, batch_size=BATCH, seed=seed, transfer=mode == "transfer",
-        exclusive_timing=True, timing=RunOptions(repeat=3, min_repeat_ms=30, timeout_s=20), build_timeout_s=120)
+        exclusive_timing=True, timing=TIMING, build_timeout_s=120)
     runner = TracedRunner(spec, session, sink=SourceSink(log, sources if mode == "transfer" else []),
                           exclusive_timing=True)
     t0, load0 = time.monotonic(), os.getloadavg()[0]
@@ -258,34 +259,19 @@ def summarize(runs: dict[str, dict[int, dict[str, Any]]], trials: int, key: str 
     return out
 
 
-def retime(task: TaskDef, runs: dict[str, dict[int, dict[str, Any]]], target: str, seed: int = 0,
+def retime(session: Any, task: TaskDef, runs: dict[str, dict[int, dict[str, Any]]], target: str, seed: int = 0,
            floor: float = RETIME_FLOOR, rounds: int = RETIME_ROUNDS) -> dict[int, float]:
     """GFLOPS of every config some run timed at >= ``floor`` x the best campaign timing, built again and
-    timed side by side: ``rounds`` rounds, each in its own shuffled order, the median of each config.
-    The campaigns' timing (repeat 3, at least 30 ms a repeat), all cores, as the device server runs it,
-    in a fresh process as the device server is one: in this one (Ray, hundreds of builds) MCJIT
-    places objects too far from libgomp for their 32-bit call relocations and LLVM aborts."""
-    import concurrent.futures
-    import multiprocessing
+    timed side by side on the farm's device, as the campaigns timed them (``TIMING``, checked):
+    ``rounds`` rounds, each in its own shuffled order, the median of each config."""
+    import random
+
+    from farm.workloads.registry import build_workload
 
     best = max(max(r["gflops"], default=0.0) for by in runs.values() for r in by.values())
     picked = sorted({c for by in runs.values() for r in by.values() for c, g in zip(r["configs"], r["gflops"])
                      if g >= floor * best})
-    if not picked:
-        return {}
-    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(_retime_here, task, picked, target, seed, rounds).result()
-
-
-def _retime_here(task: TaskDef, picked: list[int], target: str, seed: int, rounds: int) -> dict[int, float]:
-    import random
-
-    from farm.runtime.buffers import seeded_inputs
-    from farm.runtime.loader import LoadedKernel
-    from farm.workloads.registry import build_workload
-
     built = {c: build_workload(task.workload, task.shape, str(c), target).artifact for c in picked}
-    arrays = seeded_inputs(built[picked[0]].args, seed=0)
     flops = get_workload(task.workload).flops(task.shape)
     times: dict[int, list[float]] = {c: [] for c in picked}
     rng = random.Random(seed)
@@ -293,9 +279,10 @@ def _retime_here(task: TaskDef, picked: list[int], target: str, seed: int, round
         order = list(picked)
         rng.shuffle(order)
         for c in order:
-            kernel = LoadedKernel(built[c])
-            times[c].append(statistics.median(kernel.time_evaluator(arrays, 1, 3, 30)))
-            del kernel
+            res = session.submit(built[c], key=KEY, options=TIMING).result(4 * TIMING.timeout_s + 60)
+            if not (res.ok and res.checked):
+                raise RuntimeError(f"re-timing config {c} of {task.workload}: {res.outcome.value} {res.message[:200]}")
+            times[c].append(res.median_s)
     return {c: flops / statistics.median(t) / 1e9 for c, t in times.items()}
 
 
@@ -363,7 +350,7 @@ def run(task_names: list[str], seeds: list[int], trials: int, target: str) -> di
                               f"{max(r['gflops'], default=0):.1f} GFLOPS, {r['seconds']:.0f}s, load average "
                               f"{r['loadavg'][0]:.1f} -> {r['loadavg'][1]:.1f}", file=sys.stderr)
                 t1 = time.monotonic()
-                worth = retime(TASKS[name], runs, target)
+                worth = retime(session, TASKS[name], runs, target)
                 for by in runs.values():
                     for r in by.values():
                         r["retimed"] = [worth.get(c, 0.0) for c in r["configs"]]

@@ -40,7 +40,7 @@ from farm.tuning.constants import EstimateConstants
 UNROLL_BODY = 64
 LINE = 64  # cache line bytes: the unit caches move
 GUARD_EFF = 0.8  # a body under a tail guard runs a masked or branchy variant
-OVERLAP_P: float | None = 4.0  # see _overlap (None: the plain maximum)
+OVERLAP_P = 4.0  # see _overlap
 RESERVED_VREGS = 4  # registers a body needs beside its accumulators: broadcast and loaded operands
 
 NestStore = tuple[Store, list[For], int]  # a store, its loops (outermost first), guards around it
@@ -322,8 +322,6 @@ def _overlap(*times: float) -> float:
     plus a share of the others as it nears them (a p-norm). Out-of-order execution overlaps them,
     but not perfectly: with exactly latency x rate chains, or loads nearly as busy as the FMAs, a
     late operand stalls a pipe that has no slack to catch up."""
-    if OVERLAP_P is None:
-        return max(times)
     top = max(times)
     if top <= 0:
         return 0.0

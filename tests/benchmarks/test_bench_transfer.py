@@ -108,13 +108,15 @@ def test_a_tiny_live_run_prints_the_figures(monkeypatch: pytest.MonkeyPatch,
 
 
 def test_retime_times_only_configs_near_the_best_and_counts_the_rest_as_zero() -> None:
-    """Re-timing builds and times, side by side, every config some run timed at >= the floor x the best."""
+    """Re-timing builds and times, side by side on a real embedded farm's device server, every config
+    some run timed at >= the floor x the best."""
+    from farm.campaign.embedded import EmbeddedFarm
+    from farm.client.session import connect
+
     task = bt.TaskDef("matmul", SHAPE, ())
-    here = str(Target.host())
     runs = {"cold": {0: {"configs": [0, 5, 9], "gflops": [10.0, 100.0, 59.0]}},
             "transfer": {0: {"configs": [0, 7], "gflops": [10.0, 61.0]}}}
-    worth = bt.retime(task, runs, here, floor=0.6, rounds=2)
+    with EmbeddedFarm(key=bt.KEY) as farm, connect(farm.address, token=farm.token) as session:
+        worth = bt.retime(session, task, runs, session.target(bt.KEY), rounds=2)
     assert sorted(worth) == [5, 7]  # 59 < 0.6 x 100: not near the best, not re-timed
     assert all(g > 0 for g in worth.values())
-    runs["cold"][0]["retimed"] = [worth.get(c, 0.0) for c in runs["cold"][0]["configs"]]
-    assert runs["cold"][0]["retimed"][0] == 0.0 and runs["cold"][0]["retimed"][2] == 0.0
