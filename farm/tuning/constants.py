@@ -166,7 +166,8 @@ def estimate_constants(fingerprint: dict[str, Any] | None, target: str | Target)
         flight = tuple((b, c * fam.fma_latency) for b, c in nominal)
         used.add("table")
 
-    regs = int(_num(probe.get("vector_registers"))) or simd.registers
+    # Registers are the ISA's: code built for AVX2 has 16 even on an AVX-512 machine whose probe counted 32.
+    regs = min(int(_num(probe.get("vector_registers"))) or simd.registers, simd.registers)
 
     sysfs = fp.get("caches") or {}
     l1d, l2, l3 = (int(_num(sysfs.get(k)) or _num(probe.get(k))) for k in ("L1d", "L2", "L3"))

@@ -47,6 +47,8 @@ def test_constants_come_from_the_probe() -> None:
     # A target without AVX-512 (code for it uses 256-bit vectors at most) sees only those widths.
     narrow = estimate_constants({**FP, "probe": probe()}, AVX2)
     assert [b for b, _ in narrow.fma_per_ns] == [128, 256]
+    # ... and its 16 registers, though the machine's probe counted 32
+    assert (c.vector_registers, narrow.vector_registers) == (32, 16)
 
 
 def test_constants_fall_back_to_the_table_by_cpu_name() -> None:
