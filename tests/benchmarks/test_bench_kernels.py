@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -108,3 +109,31 @@ def test_tunes_live_and_reuses_only_this_hosts_records(tmp_path: Path, monkeypat
     out, err = capsys.readouterr()
     assert "reusing 6 measured on this host" in err
     assert json.loads(out.strip().splitlines()[-1])["trials_measured"] == 0
+
+
+def test_blas_core_matches_a_narrower_target_only() -> None:
+    wide = "+avx512f" in HOST.features.split(",")
+    assert bk.blas_core_for(HASWELL) == ("Haswell" if wide else None)
+    assert bk.blas_core_for(Target.parse("llvm -mcpu=sandybridge").with_isa_features()) == (
+        "Sandybridge" if wide else None)
+    assert bk.blas_core_for(HOST) is None and bk.blas_core_for(ARM) is None
+
+
+@pytest.mark.skipif(not {"+avx2", "+fma"} <= set(HOST.features.split(",")), reason="the haswell target needs AVX2")
+def test_an_avx2_target_is_compared_with_avx2_blas() -> None:
+    """Run as a user would: on an AVX-512 host the script re-runs itself with numpy's
+    OpenBLAS on its Haswell kernels; on an AVX2 host numpy keeps the host's own."""
+    import subprocess
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_kernels.py"
+    proc = subprocess.run([sys.executable, str(script), "--quick", "--json", "--trials", "0", "--cases", "matmul_512",
+                           "--target", "llvm -mcpu=haswell"], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OPENBLAS_CORETYPE": "Nehalem"})
+    assert proc.returncode == 0, proc.stderr
+    figures = json.loads(proc.stdout.strip().splitlines()[-1])
+    want = bk.blas_core_for(HASWELL)
+    if want:
+        assert figures["numpy_blas_core"] == want and "re-running with OPENBLAS_CORETYPE" in proc.stderr
+    else:  # the stray setting is dropped: numpy runs this host's own kernels
+        assert figures["openblas_env_unset"] == ["OPENBLAS_CORETYPE"] and figures["numpy_blas_core"] != "Nehalem"
+    assert figures["matmul_512_hand_vs_numpy"] > 0
