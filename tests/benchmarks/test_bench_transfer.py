@@ -81,7 +81,10 @@ def test_mapped_source_records_rank_but_are_never_this_tasks_results() -> None:
 
 @pytest.mark.parametrize("argv, msg", [(["--tasks", "matmul,nope"], "unknown task(s) nope"),
                                        (["--trials", "8"], "more than one batch"),
-                                       (["--seeds", "0"], "--seeds must be >= 1")])
+                                       (["--seeds", "0"], "--seeds must be >= 1"),
+                                       (["--target", "llvm -mtriple=aarch64-linux-gnu -mcpu=cortex-a72"],
+                                        "does not run on this host"),
+                                       (["--target", "llvm -mcpu"], "must look like -name=value")])
 def test_bad_arguments_are_refused(argv: list[str], msg: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert bt.main(argv) == 2
     assert msg in capsys.readouterr().err
@@ -120,3 +123,12 @@ def test_retime_times_only_configs_near_the_best_and_counts_the_rest_as_zero() -
         worth = bt.retime(session, task, runs, session.target(bt.KEY), rounds=2)
     assert sorted(worth) == [5, 7]  # 59 < 0.6 x 100: not near the best, not re-timed
     assert all(g > 0 for g in worth.values())
+
+
+def test_avx512_sources_map_partly_onto_an_avx2_target() -> None:
+    """The committed sources were measured with AVX-512 (16 lanes): on AVX2 code (8 lanes, 16 registers)
+    the knob values the narrower space does not offer are skipped, the rest rank."""
+    haswell = str(Target.parse("llvm -mcpu=haswell").with_isa_features())
+    kept, counts = bt.load_sources(("matmul_384x384x384_2t.jsonl.gz",), haswell)
+    c = counts["matmul_384x384x384_2t.jsonl.gz"]
+    assert c["mapped"] == len(kept) > 0 and c["skipped"] > 0 and c["measured_on"] == ["znver4"]
