@@ -112,13 +112,20 @@ class Target:
     def has(self, feature: str) -> bool:
         return f"+{feature}" in self.features.split(",")
 
+    def implies(self, feature: str) -> bool:
+        """``has``, counting on x86-64 the vector features a named CPU implies: ``llvm -mcpu=haswell``
+        without ``-mattr`` gets AVX2 code from LLVM, so its templates must use 8-lane vectors."""
+        if self.kind == "llvm" and self.arch == "x86_64":
+            return f"+{feature}" in _implied_features(self.triple, self.cpu, self.features)
+        return self.has(feature)
+
     @property
     def vector_bits(self) -> int:
         """Widest useful SIMD register in bits (drives knob ranges in templates)."""
         if self.arch == "x86_64":
-            if self.has("avx512f"):
+            if self.implies("avx512f"):
                 return 512
-            return 256 if self.has("avx2") or self.has("avx") else 128
+            return 256 if self.implies("avx2") or self.implies("avx") else 128
         if self.arch in ("aarch64", "arm"):
             return 128
         return 32
@@ -130,7 +137,7 @@ class Target:
     @property
     def num_vector_registers(self) -> int:
         if self.arch == "x86_64":
-            return 32 if self.has("avx512f") else 16
+            return 32 if self.implies("avx512f") else 16
         return 32 if self.arch == "aarch64" else 16
 
     def runs_on_host(self) -> bool:
@@ -138,7 +145,9 @@ class Target:
         if self.kind != "llvm" or self.arch != _arch_of(host_triple()):
             return False
         host = set(host_cpu()[1].split(","))
-        need = {f for f in self.features.split(",") if f.startswith("+")}
+        feats = _implied_features(self.triple, self.cpu, self.features) if self.arch == "x86_64" else (
+            self.features.split(","))
+        need = {f for f in feats if f.startswith("+")}
         return need <= host
 
     def to_json(self) -> str:
@@ -246,6 +255,13 @@ def _x86_widest(asm: str, mnemonics: tuple[str, ...]) -> int:
     regs = (("%zmm", 512), ("%ymm", 256), ("%xmm", 128))
     lines = [ln for ln in asm.splitlines() if ln.strip().split("\t")[0] in mnemonics]
     return max((bits for ln in lines for reg, bits in regs if reg in ln), default=0)
+
+
+@functools.lru_cache(maxsize=256)
+def _implied_features(triple: str, cpu: str, features: str) -> frozenset[str]:
+    """The explicit features plus the vector ones the CPU implies (x86-64; see ``with_isa_features``)."""
+    t = Target("llvm", triple, cpu, features).with_isa_features()
+    return frozenset(filter(None, t.features.split(",")))
 
 
 @functools.lru_cache(maxsize=64)

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from farm.compiler.codegen import assembly
+from farm.compiler.lowering import lower
 from farm.runtime.buffers import compare, seeded_inputs
 from farm.target import Target
 from farm.workloads.registry import build_workload, get_workload, list_workloads
@@ -84,6 +85,18 @@ def test_isa_read_from_the_cpu_name() -> None:
     host = set(Target.host().features.split(","))
     assert hsw.runs_on_host() == ({"+avx2", "+fma"} <= host)
     assert skx.runs_on_host() == ("+avx512f" in host)
+    # As a user writes it (no -mattr): the same lanes, registers and host check, and 8-lane (ymm) code.
+    for text, done in ((HASWELL, hsw), (SKX, skx)):
+        plain = Target.parse(text)
+        assert (plain.vector_lanes_f32, plain.num_vector_registers, plain.runs_on_host()) == (
+            done.vector_lanes_f32, done.num_vector_registers, done.runs_on_host()), text
+        assert str(plain) == f"llvm -mtriple={plain.triple} -mcpu={plain.cpu}"  # what the log records is unchanged
+    plain = Target.parse(HASWELL)
+    wl = get_workload("matmul")
+    cfg = wl.space((64, 64, 64), plain).from_json(hand_config("matmul", (64, 64, 64), hsw))
+    asm = assembly(lower(*wl.instantiate((64, 64, 64), cfg, plain), "matmul"), plain)
+    fmas = [ln for ln in asm.splitlines() if ln.strip().startswith("vfmadd")]
+    assert fmas and all("%ymm" in ln for ln in fmas)
 
 
 def test_register_tiles_fit_the_register_file() -> None:
