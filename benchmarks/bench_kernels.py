@@ -54,7 +54,7 @@ from farm.errors import TargetError  # noqa: E402
 from farm.log import LogRecord  # noqa: E402
 from farm.runtime.buffers import seeded_inputs  # noqa: E402
 from farm.runtime.loader import LoadedKernel  # noqa: E402
-from farm.target import Target  # noqa: E402
+from farm.target import Target, local_target  # noqa: E402
 from farm.workloads.registry import build_workload, get_workload  # noqa: E402
 from farm.workloads.space import ConfigSpace  # noqa: E402
 
@@ -316,13 +316,11 @@ def blas_core() -> str | None:
 def blas_core_for(target: Target) -> str | None:
     """The OpenBLAS kernel family of the target's vector ISA when the target is narrower than
     this x86 host (AVX2 code on an AVX-512 host), else None: numpy then runs what the host has."""
-    host = set(Target.host().features.split(","))
-    want = set(target.features.split(","))
-    if target.arch != "x86_64" or "+avx512f" not in host or "+avx512f" in want:
+    if target.arch != "x86_64" or not Target.host().has("avx512f") or target.implies("avx512f"):
         return None
-    if {"+avx2", "+fma"} <= want:
+    if target.implies("avx2") and target.implies("fma"):
         return "Haswell"
-    return "Sandybridge" if "+avx" in want else "Nehalem"
+    return "Sandybridge" if target.implies("avx") else "Nehalem"
 
 
 def match_blas_to_target(target: Target, argv: list[str] | None) -> None:
@@ -338,17 +336,6 @@ def match_blas_to_target(target: Target, argv: list[str] | None) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, [sys.executable, *sys.argv], env)
-
-
-def resolve_target(text: str | None) -> Target:
-    """The target to tune for, with the features its CPU implies spelled out; it must run here."""
-    tgt = Target.parse(text or "llvm -mcpu=native").with_isa_features()
-    if not tgt.runs_on_host():
-        host = Target.host()
-        missing = sorted(set(f for f in tgt.features.split(",") if f.startswith("+")) - set(host.features.split(",")))
-        raise TargetError(f"target {text!r} does not run on this host ({host.cpu}, {host.triple}): "
-                          + (f"it needs {', '.join(missing)}" if missing else "another architecture"))
-    return tgt
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -367,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=1, help="the campaign's seed")
     args = ap.parse_args(argv)
     try:
-        target = resolve_target(args.target)
+        target = local_target(args.target)
     except TargetError as e:
         print(f"bench_kernels: error: {e}", file=sys.stderr)
         return 2

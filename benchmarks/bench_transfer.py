@@ -81,7 +81,7 @@ from farm.campaign.sinks import FileSink  # noqa: E402
 from farm.errors import FarmError, TargetError  # noqa: E402
 from farm.log import LogRecord, load_log  # noqa: E402
 from farm.records.measure import RunOptions  # noqa: E402
-from farm.target import Target  # noqa: E402
+from farm.target import local_target  # noqa: E402
 from farm.workloads.registry import get_workload  # noqa: E402
 
 DATA = ROOT / "benchmarks" / "data"
@@ -402,9 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     if nseeds < 1:
         errors.append(f"--seeds must be >= 1, got {nseeds}")
     try:
-        tgt = Target.parse(a.target or "llvm -mcpu=native").with_isa_features()
-        if not tgt.runs_on_host():
-            errors.append(f"target {a.target!r} does not run on this host ({Target.host().cpu})")
+        tgt = local_target(a.target)
     except TargetError as e:
         errors.append(str(e))
     if errors:

@@ -158,8 +158,8 @@ class Target:
 
         On x86-64 it is read from what LLVM generates for the CPU, so a named CPU
         counts with the features it implies (``-mcpu=haswell``: 256-bit, FMA, 16
-        registers; ``-mcpu=skylake-avx512``: 512-bit, 32 registers), which the
-        properties above, reading only the explicit ``-mattr``, do not see."""
+        registers; ``-mcpu=skylake-avx512``: 512-bit, 32 registers); the properties
+        above read the same through :meth:`implies`."""
         latency, pipes = nominal_fma(self.cpu)
         if self.kind != "llvm":
             return Simd(self.vector_bits, self.num_vector_registers, False, 0, latency, pipes)
@@ -171,10 +171,9 @@ class Target:
 
     def with_isa_features(self) -> Target:
         """This target with the vector features its CPU implies written into ``-mattr``
-        (``llvm -mcpu=haswell`` -> ``... -mattr=+avx,+avx2,+fma``), so that
-        ``vector_bits``, ``num_vector_registers``, ``runs_on_host`` and the templates'
-        knob ranges, which read the explicit features, describe the code LLVM emits.
-        The generated code does not change: the CPU implied those features already."""
+        (``llvm -mcpu=haswell`` -> ``... -mattr=+avx,+avx2,+fma``), so that its string (what
+        a log records, what another machine compares) names them. The generated code and the
+        properties above do not change: the CPU implied those features already."""
         if self.kind != "llvm" or self.arch != "x86_64":
             return self
         s = self.simd()
@@ -255,6 +254,19 @@ def _x86_widest(asm: str, mnemonics: tuple[str, ...]) -> int:
     regs = (("%zmm", 512), ("%ymm", 256), ("%xmm", 128))
     lines = [ln for ln in asm.splitlines() if ln.strip().split("\t")[0] in mnemonics]
     return max((bits for ln in lines for reg, bits in regs if reg in ln), default=0)
+
+
+def local_target(text: str | None = None) -> Target:
+    """``text`` (default: this host's CPU) as a target that runs in this process, with the
+    features its CPU implies spelled out (:meth:`Target.with_isa_features`); a TargetError
+    naming the missing features when this host cannot run its code."""
+    tgt = Target.parse(text or "llvm -mcpu=native").with_isa_features()
+    if not tgt.runs_on_host():
+        host = Target.host()
+        missing = sorted(set(f for f in tgt.features.split(",") if f.startswith("+")) - set(host.features.split(",")))
+        raise TargetError(f"target {text!r} does not run on this host ({host.cpu}, {host.triple}): "
+                          + (f"it needs {', '.join(missing)}" if missing else "another architecture"))
+    return tgt
 
 
 @functools.lru_cache(maxsize=256)

@@ -13,7 +13,7 @@ from devices.fingerprint import cpu_fingerprint
 from farm.errors import TargetError
 from farm.log import LogRecord, LogWriter
 from farm.records.measure import MeasureResult, Outcome
-from farm.target import Target
+from farm.target import Target, local_target
 from farm.workloads.registry import get_workload
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
@@ -69,12 +69,12 @@ def test_log_records_of_other_machines_and_targets_are_skipped(tmp_path: Path,
 
 def test_target_must_run_here() -> None:
     with pytest.raises(TargetError, match="does not run on this host"):
-        bk.resolve_target(str(ARM))
+        local_target(str(ARM))
     if "+avx512f" not in HOST.features.split(","):
         with pytest.raises(TargetError, match=r"\+avx512f"):
-            bk.resolve_target("llvm -mcpu=skylake-avx512")
+            local_target("llvm -mcpu=skylake-avx512")
     if {"+avx2", "+fma"} <= set(HOST.features.split(",")):
-        assert bk.resolve_target("llvm -mcpu=haswell").vector_lanes_f32 == 8
+        assert local_target("llvm -mcpu=haswell").vector_lanes_f32 == 8
 
 
 @pytest.mark.parametrize("argv, msg", [(["--target", str(ARM)], "does not run on this host"),
