@@ -41,30 +41,50 @@ UNROLL_BODY = 64
 LINE = 64  # cache line bytes: the unit caches move
 GUARD_EFF = 0.8  # a body under a tail guard runs a masked or branchy variant
 OVERLAP_P = 4.0  # see _overlap
-RESERVED_VREGS = 4  # registers a body needs beside its accumulators: broadcast and loaded operands
 
 NestStore = tuple[Store, list[For], int]  # a store, its loops (outermost first), guards around it
 
 
 def nest_stores(s: Stmt, stack: list[For] | None = None, guards: int = 0,
-                out: list[NestStore] | None = None) -> list[NestStore]:
-    """Every store of a nest with its enclosing loops and the number of guards around it."""
+                out: list[NestStore] | None = None, pads: int = 0) -> list[NestStore]:
+    """Every store of a nest with its enclosing loops and the number of guards around it.
+
+    A guard that only skips a local tile's padding counts only where a load under it could leave
+    its buffer by vector lanes: the code generator drops such a guard and computes the padding
+    (which the loop extents already include), masking just the vector loads that could stray. A GEMM tile
+    over a packed, padded B (24 columns of 512) then runs unguarded, as it does."""
     stack = stack or []
     out = [] if out is None else out
     if isinstance(s, For):
-        nest_stores(s.body, stack + [s], guards, out)
+        nest_stores(s.body, stack + [s], guards, out, pads)
     elif isinstance(s, Store):
-        out.append((s, stack, guards))
+        out.append((s, stack, guards + (pads if pads and _may_stray(s, stack) else 0)))
     elif isinstance(s, IfThenElse):
-        nest_stores(s.then, stack, guards + 1, out)
+        pad = s.tile_pad and s.orelse is None
+        g, p = (guards, pads + 1) if pad else (guards + 1, pads)
+        nest_stores(s.then, stack, g, out, p)
         if s.orelse is not None:
-            nest_stores(s.orelse, stack, guards + 1, out)
+            nest_stores(s.orelse, stack, g, out, p)
     elif isinstance(s, Allocate):
-        nest_stores(s.body, stack, guards, out)
+        nest_stores(s.body, stack, guards, out, pads)
     elif isinstance(s, Block):
         for x in s.stmts:
-            nest_stores(x, stack, guards, out)
+            nest_stores(x, stack, guards, out, pads)
     return out
+
+
+def _may_stray(st: Store, loops: list[For]) -> bool:
+    """Whether a vector load of the statement may index past its buffer over the loops' full
+    ranges (the code generator masks it; a scalar load it clamps, a min and a max)."""
+    vvars = {lp.var for lp in loops if lp.kind == "vectorize"}
+    ranges: dict[Var, tuple[int, int]] = {lp.var: (0, lp.extent - 1) for lp in loops}
+    for e in walk(st.value):
+        if isinstance(e, BufferLoad) and any(vvars & free_vars(i) for i in e.indices):
+            for i, d in zip(e.indices, e.buffer.shape):
+                b = arith.linear_bounds(i, ranges)
+                if b is None or b[0] < 0 or b[1] >= d:
+                    return True
+    return False
 
 
 def mults(e: Expr) -> int:
@@ -89,6 +109,13 @@ def coefs(idx: Sequence[Expr], ranges: dict[Var, tuple[int, int]]) -> list[dict[
 
 def _isz(dtype: str) -> int:
     return 8 if "64" in dtype else 2 if "16" in dtype else 1 if "8" in dtype else 4
+
+
+def in_memory(buf: Any, regfile_bytes: int) -> bool:
+    """Whether a buffer lives in memory: every global one, and a local one larger than the vector
+    register file (a per-thread packed panel of B is a local allocation, hundreds of KiB, read
+    from the caches like any other; a local accumulator tile is registers)."""
+    return buf.scope != "local" or buf.size * _isz(buf.dtype) > regfile_bytes
 
 
 class Access:
@@ -130,14 +157,16 @@ class Access:
             self.bytes.append(float(rows * math.ceil(last / LINE) * LINE))
 
 
-def accesses(store: Store, loops: list[For], ranges: dict[Var, tuple[int, int]]) -> list[Access]:
-    """The statement's global buffers (local ones live in registers or on the stack)."""
+def accesses(store: Store, loops: list[For], ranges: dict[Var, tuple[int, int]],
+             regfile_bytes: int = 0) -> list[Access]:
+    """The statement's buffers in memory (``in_memory``; local tiles up to ``regfile_bytes`` are
+    registers)."""
     out = []
-    if store.buffer.scope != "local":
+    if in_memory(store.buffer, regfile_bytes):
         out.append(Access(store.buffer, store.indices, loops, ranges, True))
     seen = set()
     for e in walk(store.value):
-        if isinstance(e, BufferLoad) and e.buffer.scope != "local" and (e.buffer, id(e)) not in seen:
+        if isinstance(e, BufferLoad) and in_memory(e.buffer, regfile_bytes) and (e.buffer, id(e)) not in seen:
             seen.add((e.buffer, id(e)))
             out.append(Access(e.buffer, e.indices, loops, ranges, False))
     return out
@@ -156,15 +185,22 @@ def level_traffic(acc: list[Access], loops: list[For], capacity: int) -> float:
     return total[block] * math.prod(lp.extent for lp in loops[: n - block])
 
 
-def memory_seconds(stores: list[NestStore], func: PrimFunc, c: EstimateConstants, cores: int) -> float:
+def memory_seconds(stores: list[NestStore], func: PrimFunc, c: EstimateConstants, cores: int,
+                   lanes: int = 1) -> float:
     """Bytes moved into L1, L2 and L3 over the bandwidth of the level each comes from."""
-    ws = sum(b.size * _isz(b.dtype) for b in [*func.params, *func.globals] if getattr(b, "scope", "") != "local")
+    regs = c.vector_registers * lanes * 4
+    bufs = {id(b): b for b in [*func.params, *func.globals] if getattr(b, "scope", "") != "local"}
+    for st, _, _ in stores:  # local buffers in memory (per-thread packed panels)
+        for b in [st.buffer] + [e.buffer for e in walk(st.value) if isinstance(e, BufferLoad)]:
+            if b.scope == "local" and in_memory(b, regs):
+                bufs[id(b)] = b
+    ws = sum(b.size * _isz(b.dtype) for b in bufs.values())
     levels = [(cap, src) for cap, src in zip(c.caches, ("L2", "L3", "DRAM")) if cap > 0]
     # With no L3 an L2 miss goes to DRAM; the "L3" bandwidth reads as DRAM then (gbps()).
     ns = 0.0
     for st, loops, _ in stores:
         ranges: dict[Var, tuple[int, int]] = {lp.var: (0, lp.extent - 1) for lp in loops}
-        acc = accesses(st, loops, ranges)
+        acc = accesses(st, loops, ranges, regs)
         # The levels stream at once (hardware prefetch moves L3->L2 while L2->L1 runs): the slowest
         # bounds. Their sum overstated depthwise conv2d's best config by a third (61 us for 45).
         per = [level_traffic(acc, loops, cap) / c.gbps(src if src != "L3" or c.caches[2] else "DRAM")
@@ -229,7 +265,7 @@ def estimate(func: PrimFunc, c: EstimateConstants, cores: int, lanes: int, flops
     par = _parallel(loops, cores)
     other = sum(_copy_seconds(s, lp, c, lanes) / _parallel(lp, cores) for s, lp, _ in stores if s is not main)
     core_s = core.seconds / par + other
-    mem_s = memory_seconds(stores, func, c, cores)
+    mem_s = memory_seconds(stores, func, c, cores, lanes)
     total = max(core_s, mem_s)
     useful = flops or 2.0 * max(1, mults(main.value)) * math.prod(lp.extent for lp in loops)
     prior = useful / max(total * 1e9, 1e-12) / (c.peak_flops_per_ns * cores)
@@ -276,8 +312,9 @@ def _core(main: Store, loops: list[For], ranges: dict[Var, tuple[int, int]], gua
     # Loads of the body: one per distinct address LLVM sees (the flattened body shares them),
     # each at the L1's rate for its width.
     load_ns = inserts = 0.0
+    regs = c.vector_registers * lanes * 4
     for e, masked in _loads(main.value, vloop.var if vloop else None):
-        if e.buffer is main.buffer or e.buffer.scope == "local":
+        if e.buffer is main.buffer or not in_memory(e.buffer, regs):
             continue
         cf = coefs(e.indices, ranges)
         distinct = 1
@@ -308,7 +345,12 @@ def _core(main: Store, loops: list[For], ranges: dict[Var, tuple[int, int]], gua
     reduce_depth = n_other / max(1, chains_other) if carried else 0.0  # dependent FMAs per chain in one body
     latency = reduce_depth * m * max(c.in_flight(b) / c.fma_rate(b) for b in widths)
     chains = chains_other * len(chunks)
-    room = max(1, c.vector_registers - RESERVED_VREGS)
+    # Beside its accumulators a body holds one broadcast operand and, when its rows share them,
+    # one loaded vector per chunk (LLVM loads a GEMM tile's B vectors once per k step and
+    # broadcasts A's rows one at a time): a 3x32 tile on AVX2 needs 12 + 4 + 1 registers, one
+    # more than there are, and spills B (measured 140-165 GFLOPS against 180-185 for 4x24).
+    operands = len(chunks) if chains > len(chunks) else 0
+    room = max(1, c.vector_registers - operands - 1)
     spill_eff = 1.0 if chains <= room else room / chains
     body = _overlap(issue, latency, load_ns) / spill_eff / (GUARD_EFF if guards else 1.0)
     bodies = math.prod(lp.extent for lp in loops) / max(1, n_other * v)
@@ -374,10 +416,12 @@ def _loads(e: Expr, vvar: Var | None, masked: bool = False) -> list[tuple[Buffer
 def _copy_seconds(st: Store, loops: list[For], c: EstimateConstants, lanes: int) -> float:
     """A statement around the main one (padding, write-back): a vector load per global buffer it
     reads and a vector store per element vector (LLVM vectorizes such copies), at the L1's rate.
-    A store into a local tile (an accumulator's initial value) is register work: free."""
-    if st.buffer.scope == "local":
+    A store into a local tile (an accumulator's initial value) is register work: free; one into a
+    local buffer in memory (a thread's packed panel) is a copy like any other."""
+    regs = c.vector_registers * lanes * 4
+    if not in_memory(st.buffer, regs):
         return 0.0
     n = math.prod(lp.extent for lp in loops)
     vec = min(lanes, next((lp.extent for lp in reversed(loops) if lp.kind == "vectorize"), lanes))
-    reads = sum(1 for e in walk(st.value) if isinstance(e, BufferLoad) and e.buffer.scope != "local")
+    reads = sum(1 for e in walk(st.value) if isinstance(e, BufferLoad) and in_memory(e.buffer, regs))
     return n / max(1, vec) * (1 + reads) / c.load_rate(32 * _pow2(vec)) * 1e-9

@@ -203,7 +203,8 @@ class ModelQuality:
 
 def ranking_quality(pred: np.ndarray, truth: np.ndarray, ks: Sequence[int] = (10, 32, 64),
                     max_pairs: int = 200_000, seed: int = 0) -> tuple[float, dict[int, float]]:
-    """Pairwise accuracy over pairs with different truth (sampled when many) and
+    """Pairwise accuracy over pairs with different truth (sampled when many; a predicted tie
+    counts half) and
     recall@k = |true top-k among predicted top-k| / k."""
     n = len(truth)
     rng = np.random.default_rng(seed)
@@ -213,7 +214,9 @@ def ranking_quality(pred: np.ndarray, truth: np.ndarray, ks: Sequence[int] = (10
         i, j = rng.integers(0, n, max_pairs), rng.integers(0, n, max_pairs)
     keep = truth[i] != truth[j]
     i, j = i[keep], j[keep]
-    acc = float(np.mean(np.sign(pred[i] - pred[j]) == np.sign(truth[i] - truth[j]))) if len(i) else float("nan")
+    dp = np.sign(pred[i] - pred[j])
+    # a tie in the prediction orders the pair at random: half right (the estimate ties often)
+    acc = float(np.mean(np.where(dp == 0, 0.5, dp == np.sign(truth[i] - truth[j])))) if len(i) else float("nan")
     rec = {}
     for k in ks:
         if k <= n:

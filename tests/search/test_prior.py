@@ -52,7 +52,7 @@ def test_pipeline_estimate_reads_the_register_tile() -> None:
     one = _pipe(fe, tile_i=[-1, 1, 1])  # a single accumulation chain: FMA latency bound
     assert one["log2chains"] == 0.0 and one["lat_eff"] == 1 / 8
     big = _pipe(fe, tile_i=[-1, 1, 16], tile_j=[-1, 1, 64])  # 64 accumulators cannot stay in 32 registers
-    assert big["log2chains"] == 6.0 and big["spill_eff"] == pytest.approx(28 / 64)
+    assert big["log2chains"] == 6.0 and big["spill_eff"] == pytest.approx(27 / 64)
     assert _pipe(fe, parallel=0)["par_eff"] == 0.25
     # The short serial k loop (4) around an unrolled 8 x 16 body is flattened by LLVM as well:
     # it adds work to the same chains, not chains.
@@ -112,6 +112,14 @@ def test_transfer_earns_its_share(small_space: Any, faithful: bool) -> None:
             t.observe([(i, f(i)) for i in batch])
             batch = t.propose(8)
         shares.append([t.picked_by[i] for i in batch].count("transfer"))
+        # judged on this task's 33 measured configs: a model of the records alone orders them
+        # better than random when faithful, worse when backwards
+        assert t.source_trusted is faithful
+        if not faithful:  # and then it cannot lead, however fast its own recent picks measured
+            for i, e in list(t.picked_by.items()):
+                if i in t.results:
+                    t.results[i] = 1000.0 if e == "transfer" else 1.0
+            assert dict(t._shares(["model", "transfer"], 8)) == {"model": 6, "transfer": 2}
     assert sorted(shares)[1] == (6 if faithful else 2), shares
 
 
@@ -123,3 +131,27 @@ def test_estimate_only_where_it_applies() -> None:
     assert estimate_applies(TuneContext("matmul", (32, 32, 32), TARGET, "d", FP))  # 5 flops/byte
     assert estimate_applies(TuneContext("depthwise_conv2d", (1, 64, 56, 56, 3, 1, 1), TARGET, "d", FP))
     assert not estimate_applies(TuneContext("matmul", (256, 256, 256), "cuda -arch=sm_80", "d", FP))
+
+
+def test_records_of_other_vector_registers_start_small(small_space: Any) -> None:
+    """Records built for AVX-512 handed to an AVX2 task (the same knob values name other tiles
+    there): the transfer expert takes the small share of the first batch and cannot lead until
+    a model of them orders this task's measurements clearly better than the estimate. Records
+    of the task's own ISA split the first batch evenly (the control)."""
+    from dataclasses import replace
+
+    from farm.tuning.tuners.xgb import _foreign_isa
+
+    f = synthetic_speed(small_space)
+    src = [make_record(int(i), f(int(i)) or 1.0, device="dev-b", knobs=small_space.get(int(i)).to_json()["knobs"])
+           for i in range(0, len(small_space), max(1, len(small_space) // 200))]
+    avx2 = "llvm -mtriple=x86_64-unknown-linux-gnu -mcpu=haswell -mattr=+avx,+avx2,+fma"
+    assert _foreign_isa(src, avx2) and not _foreign_isa(src, TARGET)
+    assert not _foreign_isa([replace(r, target=avx2) for r in src], "llvm -mtriple=x86_64-unknown-linux-gnu -mcpu=haswell")
+    for target, foreign in ((avx2, True), (TARGET, False)):
+        ctx = TuneContext("matmul", (32, 32, 32), target, "dev-a", FP)
+        t = make_tuner("xgb", small_space, seed=0, context=ctx, transfer=src, eps=0.0, sa_steps=10,
+                       n_chains=16, num_rounds=40)
+        assert t.source_foreign is foreign and t.source_trusted is not foreign
+        batch = t.propose(8)
+        assert [t.picked_by[i] for i in batch].count("transfer") == (2 if foreign else 4)

@@ -29,12 +29,14 @@ import numpy as np
 
 from farm.errors import FarmError
 from farm.tuning.features import prior_of
-from farm.tuning.model import CostModel, TuneContext, extractor
+from farm.tuning.model import CostModel, TuneContext, extractor, ranking_quality
 from farm.tuning.tuners.base import Tuner
 
 log = logging.getLogger(__name__)
 
 CREDIT_WINDOW = 8  # an expert is judged on its most recent measured picks
+TRUST_MIN = 8  # measured configs of this task before transferred records are judged on them
+FOREIGN_MARGIN = 0.1  # pairwise accuracy records of another ISA need beyond the estimate's to lead
 Scorer = Callable[[np.ndarray], np.ndarray]  # feature rows -> scores, higher is better
 
 
@@ -59,6 +61,9 @@ class XGBTuner(Tuner):
         self.model = model(0.0)  # this task's measurements, learned from scratch
         self.guided = model(margin)  # the same, starting from the analytic estimate
         self.union = model(margin)  # this task's and the transferred records, when there are any
+        self.source = model(margin)  # the transferred records alone: are they any guide here?
+        self.source_trusted = True  # may the transfer expert lead a batch?
+        self.source_foreign = False  # most transferred records were built for other vector registers
         self.fe = extractor(self.context, space)
         self.n_chains, self.sa_steps, self.eps = n_chains, sa_steps, eps
         self.min_train, self.exhaustive_limit, self.diversity = min_train, exhaustive_limit, diversity
@@ -82,6 +87,8 @@ class XGBTuner(Tuner):
         x, g, grp, _ = CostModel.featurize(records)
         if len(x):
             self._src = (x, g, grp + 1)  # group 0 is this task
+            self.source_foreign = _foreign_isa(records, self.context.target)
+            self.source_trusted = not self.source_foreign
             self._dirty = True
             log.info("xgb tuner: %d transfer records from %d other task(s)", len(x), len(np.unique(grp)))
 
@@ -96,7 +103,29 @@ class XGBTuner(Tuner):
         if self._src is not None:
             self.union.fit_arrays(np.concatenate([x, self._src[0]]), np.concatenate([g, self._src[1]]),
                                   np.concatenate([np.zeros(len(idx), dtype=np.int64), self._src[2]]))
+            self._judge_source(x, g)
         self._dirty = False
+
+    def _judge_source(self, x: np.ndarray, g: np.ndarray) -> None:
+        """Trust the transferred records while a model of them alone orders this task's measured
+        configs at least as well as the analytic estimate does (pairwise accuracy; random order
+        without an estimate). Records of another machine can mislead (AVX-512 tiles on an AVX2
+        host): the union model then cannot lead a batch, so its share stays small."""
+        if len(g) < TRUST_MIN:
+            return
+        if not self.source.trained:
+            self.source.fit_arrays(*self._src)
+        mine, _ = ranking_quality(self.source.predict_features(x), g, ks=())
+        ref = ranking_quality(prior_of(x), g, ks=())[0] if self.estimate else 0.5
+        # Records of other vector registers must do clearly better than the estimate: their knob
+        # values mean other tiles here (16 columns: one AVX-512 vector, two AVX2 ones), and every
+        # slot they take is one the estimate's own walk does not get.
+        need = ref + (FOREIGN_MARGIN if self.source_foreign else 0.0)
+        trusted = not mine < need  # nan (every config measured alike): no evidence against it
+        if trusted != self.source_trusted:
+            log.info("xgb tuner: transferred records %s (pairwise accuracy on %d configs here %.2f, estimate %.2f)",
+                     "trusted again" if trusted else "mislead here: their share stays small", len(g), mine, ref)
+        self.source_trusted = trusted
 
     # --- search ----------------------------------------------------------------
     def _experts(self) -> list[tuple[str, Scorer | None]]:
@@ -131,18 +160,25 @@ class XGBTuner(Tuner):
         whose last ``CREDIT_WINDOW`` measured picks averaged fastest (an average,
         not a best, so the leader's larger share does not entrench it); it gets
         the batch but one slot (two when there is one other) per other expert.
-        Before every expert has a measured pick, equal shares."""
+        Transferred records that mislead here (``_judge_source``), or are not yet
+        trusted because they were built for other vector registers, cannot lead.
+        Before every expert has a measured pick, equal shares (an untrusted
+        transfer expert: the small one)."""
         if len(names) == 1:
             return [(names[0], n)]
         mine: dict[str, list[float]] = {e: [] for e in names}
         for i, e in self.picked_by.items():  # insertion order: oldest pick first
             if e in mine and i in self.results:
                 mine[e].append(self.results[i])
+        may_lead = [e for e in names if e != "transfer" or self.source_trusted] or names
+        small = max(1, n // (4 * (len(names) - 1)))
         if any(not v for v in mine.values()):
+            if len(may_lead) < len(names):  # untrusted records start small too
+                q, r = divmod(n - small, len(may_lead))
+                return [(e, q + (1 if k < r else 0)) for k, e in enumerate(may_lead)] + [("transfer", small)]
             q, r = divmod(n, len(names))
             return [(e, q + (1 if k < r else 0)) for k, e in enumerate(names)]
-        lead = max(names, key=lambda e: float(np.mean(mine[e][-CREDIT_WINDOW:])))
-        small = max(1, n // (4 * (len(names) - 1)))
+        lead = max(may_lead, key=lambda e: float(np.mean(mine[e][-CREDIT_WINDOW:])))
         rest = [(e, small) for e in names if e != lead]
         return [(lead, max(0, n - small * len(rest)))] + rest
 
@@ -226,6 +262,24 @@ class XGBTuner(Tuner):
             chosen = set(picked)
             picked += [r for r in range(len(cand)) if r not in chosen][: n - len(picked)]
         return [int(cand[r]) for r in picked]
+
+
+def _foreign_isa(records: list[Any], target: str) -> bool:
+    """Whether most records were built for vector registers other than ``target``'s (width or
+    count): an AVX-512 log handed to an AVX2 task."""
+    from farm.target import Target
+
+    def regs(t: str) -> tuple[int, int] | None:
+        try:
+            tt = Target.parse(t)
+            return tt.vector_bits, tt.num_vector_registers
+        except FarmError:
+            return None
+
+    here = regs(target)
+    memo: dict[str, tuple[int, int] | None] = {}
+    other = sum(1 for r in records if memo.setdefault(r.target, regs(r.target)) != here)
+    return other * 2 > len(records)
 
 
 def estimate_applies(ctx: TuneContext) -> bool:
