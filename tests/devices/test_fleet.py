@@ -5,7 +5,6 @@ from __future__ import annotations
 import socket
 import stat
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,25 +15,11 @@ from devices.fleet.tunnel import ReverseForward
 from devices.registry import FleetSpec, parse_fleet
 from tests.support import procs
 from tests.support.armroot import ArmRoot
+from tests.support.fixtures import FLEET_MARK as MARK
 from tests.support.sshd import SshEndpoint, free_port
 from tests.support.tracker import TrackerProcess
 
-MARK = "devices.fleet.launch"
-
-
-@pytest.fixture
-def tracker(tmp_path: Path) -> Iterator[TrackerProcess]:
-    with TrackerProcess(tmp_path / "tracker") as t:
-        yield t
-
-
-@pytest.fixture(autouse=True)
-def no_leaks() -> Iterator[None]:
-    before = set(procs.find_marked(MARK))
-    yield
-    left = [p for p in procs.wait_gone(MARK, timeout=15) if p not in before]
-    procs.kill_all(left)
-    assert not left, f"left running: {procs.describe(left)}"
+pytestmark = pytest.mark.usefixtures("no_fleet_leaks")  # tests/support/fixtures.py
 
 
 def board_yaml(ep: SshEndpoint, workdir: Path, python: str, name: str = "board", **extra: object) -> str:

@@ -24,22 +24,7 @@ from tests.support import procs
 from tests.support.sshd import SshEndpoint, SshServer, free_port
 from tests.support.tracker import REPO_ROOT, TrackerProcess
 
-MARK = "devices.fleet.launch"
-
-
-@pytest.fixture
-def tracker(tmp_path: Path) -> Iterator[TrackerProcess]:
-    with TrackerProcess(tmp_path / "tracker") as t:
-        yield t
-
-
-@pytest.fixture(autouse=True)
-def no_leaks() -> Iterator[None]:
-    before = set(procs.find_marked(MARK))
-    yield
-    left = [p for p in procs.wait_gone(MARK, timeout=15) if p not in before]
-    procs.kill_all(left)
-    assert not left, f"left running: {procs.describe(left)}"
+pytestmark = pytest.mark.usefixtures("no_fleet_leaks")  # tests/support/fixtures.py
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""Pytest fixtures for device tests: a real sshd and the emulated arm64 Python.
+"""Pytest fixtures for device tests: a real sshd, the emulated arm64 Python, a tracker process
+and the check that a fleet leaves nothing running.
 
 Import them into a conftest with ``from tests.support.fixtures import *``.
 Outside CI a missing qemu or sshd skips the test; under CI (``CI`` set) it
@@ -12,10 +13,14 @@ from pathlib import Path
 
 import pytest
 
+from . import procs
 from .armroot import ArmRoot, ArmRootError, ensure_armroot, find_qemu
 from .sshd import SshdUnavailable, SshEndpoint, SshServer, find_sshd
+from .tracker import TrackerProcess
 
-__all__ = ["arm_root", "sshd_server", "sshd_endpoint"]
+__all__ = ["arm_root", "sshd_server", "sshd_endpoint", "tracker", "no_fleet_leaks", "FLEET_MARK"]
+
+FLEET_MARK = "devices.fleet.launch"  # the process mark of what `farm devices up` starts
 
 
 def _missing(what: str) -> None:
@@ -57,3 +62,20 @@ def sshd_server(tmp_path: Path) -> Iterator[SshServer]:
 def sshd_endpoint(sshd_server: SshServer) -> SshEndpoint:
     assert sshd_server.endpoint is not None
     return sshd_server.endpoint
+
+
+@pytest.fixture
+def tracker(tmp_path: Path) -> Iterator[TrackerProcess]:
+    """A real tracker process on loopback (ephemeral port), stopped after the test."""
+    with TrackerProcess(tmp_path / "tracker") as t:
+        yield t
+
+
+@pytest.fixture
+def no_fleet_leaks() -> Iterator[None]:
+    """Fails the test if a fleet process started during it is still running (and stops it)."""
+    before = set(procs.find_marked(FLEET_MARK))
+    yield
+    left = [p for p in procs.wait_gone(FLEET_MARK, timeout=15) if p not in before]
+    procs.kill_all(left)
+    assert not left, f"left running: {procs.describe(left)}"
