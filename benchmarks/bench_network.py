@@ -22,7 +22,11 @@
    - ``scheduler_trials_to_roundrobin_final``: the fraction of the budget after which the scheduler's
      estimate is at or below round-robin's final one (median over seeds; goal <= 0.6; null: never);
    - ``network_speedup_over_numpy``: numpy's per-layer baselines summed with the weights / the
-     scheduler's picks, re-timed (median over seeds; goal >= 1.5).
+     scheduler's picks, re-timed (median over seeds; goal >= 1.5);
+   - ``scheduler_over_roundrobin_latency_by_budget``: the campaigns' own estimates of scheduler over
+     round-robin after a quarter, half, three quarters and all of the budget (median over seeds).
+     A budget large enough for every task lets round-robin converge too (full run, 800 trials for
+     12 tasks: within 1-2% of the scheduler at the end), so the scheduler's lead shows mid-budget.
 
 --quick: 160 trials each way, seed 0, 5 re-timing rounds (about 6 minutes on 2 cores). Full: 800 trials each
 way, seeds 0-2, 7 rounds (about an hour). Each campaign times a config as the median of 5 repeats of >= 20 ms.
@@ -56,6 +60,7 @@ from farm.records.measure import RunOptions  # noqa: E402
 
 KEY = "local"
 POLICIES = ("gradient", "round_robin")
+BUDGET_FRACTIONS = (0.25, 0.5, 0.75, 1.0)
 GOALS = {"scheduler_over_roundrobin_latency": ("<=", 0.9), "scheduler_trials_to_roundrobin_final": ("<=", 0.6),
          "network_speedup_over_numpy": (">=", 1.5)}
 
@@ -118,6 +123,23 @@ def curve(spec: Any) -> list[list[float]]:
 def trials_to_reach(curve: list[list[float]], level: float) -> int | None:
     """The first trial count at which the estimated latency is at or below ``level``."""
     return next((int(n) for n, s in curve if s <= level * (1 + 1e-9)), None)
+
+
+def latency_at(curve: list[list[float]], trials: int) -> float | None:
+    """The estimated end-to-end latency after ``trials`` (None before every task has one)."""
+    return next((s for n, s in reversed(curve) if n <= trials), None)
+
+
+def ratio_by_budget(sched: list[list[float]], rr: list[list[float]], trials: int,
+                    fractions: tuple[float, ...] = BUDGET_FRACTIONS) -> dict[str, float | None]:
+    """Scheduler over round-robin, each as its campaign estimated it, after each fraction of the budget:
+    where the scheduler's lead is (mid-budget, while round-robin still spreads trials over tasks that
+    have converged) and where both have converged (the end of a budget large enough for every task)."""
+    out: dict[str, float | None] = {}
+    for f in fractions:
+        a, b = latency_at(sched, int(f * trials)), latency_at(rr, int(f * trials))
+        out[f"{f:g}"] = round(a / b, 4) if a and b else None
+    return out
 
 
 def best_artifacts(session: Any, spec: Any, top: int) -> dict[tuple[str, tuple[int, ...]], list[Any]]:
@@ -271,6 +293,7 @@ def run(args: argparse.Namespace, trials: int, seeds: int, rounds: int, logs: Pa
             "median_rounds_speedup_over_numpy": round(med["numpy"] / med["gradient"], 3),
             "campaign_scheduler_ms": round(s_final * 1e3, 3), "campaign_roundrobin_ms": round(r_final * 1e3, 3),
             "campaign_ratio": round(s_final / r_final, 4), "scheduler_trials_to_roundrobin_final": n,
+            "campaign_ratio_by_budget": ratio_by_budget(sched, rr, trials),
             "spent": [a["spent"], b["spent"]], "loadavg_1m": [loads[(p, seed)] for p in POLICIES],
             "wall_s": [round(walls[(p, seed)], 1) for p in POLICIES],
             "scheduler_trials_per_task": _trials(runs[("gradient", seed)]),
@@ -281,6 +304,8 @@ def run(args: argparse.Namespace, trials: int, seeds: int, rounds: int, logs: Pa
     # The same ratio from the campaigns' own timings (each task's best measurement while tuning).
     fig["scheduler_over_roundrobin_latency_campaign"] = round(statistics.median(s["campaign_ratio"]
                                                                                 for s in per_seed), 4)
+    fig["scheduler_over_roundrobin_latency_by_budget"] = {
+        f"{f:g}": _median([s["campaign_ratio_by_budget"][f"{f:g}"] for s in per_seed]) for f in BUDGET_FRACTIONS}
     reach = [s["scheduler_trials_to_roundrobin_final"] for s in per_seed]
     fig["scheduler_trials_to_roundrobin_final"] = (
         round(statistics.median(reach) / trials, 4) if all(r is not None for r in reach) else None)
@@ -308,6 +333,11 @@ def run(args: argparse.Namespace, trials: int, seeds: int, rounds: int, logs: Pa
     return 1 if problems else 0
 
 
+def _median(xs: list[float | None]) -> float | None:
+    known = [x for x in xs if x is not None]
+    return round(statistics.median(known), 4) if known else None
+
+
 def _trials(result: Any) -> dict[str, int]:
     return {f"{t.workload}({','.join(map(str, t.shape))})": t.trials for t in result.tasks}
 
@@ -333,6 +363,9 @@ def print_table(fig: dict[str, Any]) -> None:
           f"(ms, best of {fig['numpy_rounds']} rounds; every round in the JSON)")
     for name, r in fig["layers"].items():
         print(f"{name:<34} {r['count']:>5} {r['gradient_ms']:10.3f} {r['round_robin_ms']:12.3f} {r['numpy_ms']:9.3f}")
+    by = fig["scheduler_over_roundrobin_latency_by_budget"]
+    print("scheduler / round-robin after each share of the budget, as the campaigns estimated it (median): "
+          + ", ".join(f"{k}: {v if v is not None else 'n/a'}" for k, v in by.items()))
     print(f"network: ours {fig['network_ours_ms']:.3f} ms, numpy {fig['network_numpy_ms']:.3f} ms "
           f"(load average while re-timing: {fig['loadavg_1m_retime']})")
     for k, (op, g) in GOALS.items():
