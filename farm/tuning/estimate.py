@@ -351,7 +351,10 @@ def _core(main: Store, loops: list[For], ranges: dict[Var, tuple[int, int]], gua
     # more than there are, and spills B (measured 140-165 GFLOPS against 180-185 for 4x24).
     operands = len(chunks) if chains > len(chunks) else 0
     room = max(1, c.vector_registers - operands - 1)
-    spill_eff = 1.0 if chains <= room else room / chains
+    # A spilled accumulator goes through memory every iteration, a store and a reload on its
+    # chain: one register short, conv2d 1x1's 1x7x16 tile on AVX2 measured 67 GFLOPS where the
+    # 1x4x16 that fits measured 181. Steep (the 4th power), so tiles that fit rank above.
+    spill_eff = 1.0 if chains <= room else (room / chains) ** 4
     body = _overlap(issue, latency, load_ns) / spill_eff / (GUARD_EFF if guards else 1.0)
     bodies = math.prod(lp.extent for lp in loops) / max(1, n_other * v)
     peak = c.peak_flops_per_ns
