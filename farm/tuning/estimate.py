@@ -9,7 +9,9 @@ the base margin the trees learn the error of. Two bounds, the larger wins:
   its independent accumulation chains must cover latency x rate (``fmas_in_flight``) when they
   run on across bodies; its loads issue at the L1's rate for their width, a non-power-of-two
   vector in power-of-two pieces put back together (lane by lane when masked), a load that
-  straddles two cache lines as two; accumulators that outnumber the vector registers spill.
+  straddles two cache lines as two (a thread's packed panel, a local buffer larger than the
+  register file, is read like global memory); accumulators that, beside a broadcast and one
+  loaded vector per chunk, outnumber the vector registers spill, steeply.
   The three overlap imperfectly: the body takes their 4-norm (``_overlap``), not their maximum.
   The copies around the main statement (padding, write-back) add a vector load and store per
   element vector.
