@@ -8,7 +8,7 @@ what turns ``(jo*bn + ji) // bn`` back into ``jo`` after packing.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from farm.te.expr import BinOp, Const, Expr, Var, children, is_float, rebuild
 
@@ -174,6 +174,15 @@ def linear_bounds(e: Expr, ranges: Ranges) -> tuple[int, int] | None:
     if b2 is None:
         return b1
     return max(b1[0], b2[0]), min(b1[1], b2[1])
+
+
+def within(indices: Sequence[Expr], shape: Sequence[int], ranges: Ranges) -> bool:
+    """Whether every index provably stays inside its dimension over the variables' ranges."""
+    for i, d in zip(indices, shape):
+        b = linear_bounds(i, ranges)
+        if b is None or b[0] < 0 or b[1] >= d:
+            return False
+    return True
 
 
 def simplify(e: Expr, ranges: Ranges) -> Expr:

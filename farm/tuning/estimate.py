@@ -53,8 +53,9 @@ def nest_stores(s: Stmt, stack: list[For] | None = None, guards: int = 0,
 
     A guard that only skips a local tile's padding counts only where a load under it could leave
     its buffer by vector lanes: the code generator drops such a guard and computes the padding
-    (which the loop extents already include), masking just the vector loads that could stray. A GEMM tile
-    over a packed, padded B (24 columns of 512) then runs unguarded, as it does."""
+    (which the loop extents already include), masking just the vector loads that could stray
+    (``arith.within``, as the code generator decides). A GEMM tile over a packed, padded B (24
+    columns of 512) then runs unguarded, as it does."""
     stack = stack or []
     out = [] if out is None else out
     if isinstance(s, For):
@@ -80,13 +81,8 @@ def _may_stray(st: Store, loops: list[For]) -> bool:
     ranges (the code generator masks it; a scalar load it clamps, a min and a max)."""
     vvars = {lp.var for lp in loops if lp.kind == "vectorize"}
     ranges: dict[Var, tuple[int, int]] = {lp.var: (0, lp.extent - 1) for lp in loops}
-    for e in walk(st.value):
-        if isinstance(e, BufferLoad) and any(vvars & free_vars(i) for i in e.indices):
-            for i, d in zip(e.indices, e.buffer.shape):
-                b = arith.linear_bounds(i, ranges)
-                if b is None or b[0] < 0 or b[1] >= d:
-                    return True
-    return False
+    return any(isinstance(e, BufferLoad) and any(vvars & free_vars(i) for i in e.indices)
+               and not arith.within(e.indices, e.buffer.shape, ranges) for e in walk(st.value))
 
 
 def mults(e: Expr) -> int:
@@ -113,11 +109,16 @@ def _isz(dtype: str) -> int:
     return 8 if "64" in dtype else 2 if "16" in dtype else 1 if "8" in dtype else 4
 
 
-def in_memory(buf: Any, regfile_bytes: int) -> bool:
+def regfile_bytes(c: EstimateConstants, lanes: int) -> int:
+    """Bytes of the target's vector register file (f32 lanes x 4 bytes per register)."""
+    return c.vector_registers * lanes * 4
+
+
+def in_memory(buf: Any, regfile: int) -> bool:
     """Whether a buffer lives in memory: every global one, and a local one larger than the vector
     register file (a per-thread packed panel of B is a local allocation, hundreds of KiB, read
     from the caches like any other; a local accumulator tile is registers)."""
-    return buf.scope != "local" or buf.size * _isz(buf.dtype) > regfile_bytes
+    return buf.scope != "local" or buf.size * _isz(buf.dtype) > regfile
 
 
 class Access:
@@ -160,15 +161,15 @@ class Access:
 
 
 def accesses(store: Store, loops: list[For], ranges: dict[Var, tuple[int, int]],
-             regfile_bytes: int = 0) -> list[Access]:
-    """The statement's buffers in memory (``in_memory``; local tiles up to ``regfile_bytes`` are
+             regfile: int) -> list[Access]:
+    """The statement's buffers in memory (``in_memory``; local tiles up to ``regfile`` bytes are
     registers)."""
     out = []
-    if in_memory(store.buffer, regfile_bytes):
+    if in_memory(store.buffer, regfile):
         out.append(Access(store.buffer, store.indices, loops, ranges, True))
     seen = set()
     for e in walk(store.value):
-        if isinstance(e, BufferLoad) and in_memory(e.buffer, regfile_bytes) and (e.buffer, id(e)) not in seen:
+        if isinstance(e, BufferLoad) and in_memory(e.buffer, regfile) and (e.buffer, id(e)) not in seen:
             seen.add((e.buffer, id(e)))
             out.append(Access(e.buffer, e.indices, loops, ranges, False))
     return out
@@ -188,9 +189,9 @@ def level_traffic(acc: list[Access], loops: list[For], capacity: int) -> float:
 
 
 def memory_seconds(stores: list[NestStore], func: PrimFunc, c: EstimateConstants, cores: int,
-                   lanes: int = 1) -> float:
+                   lanes: int) -> float:
     """Bytes moved into L1, L2 and L3 over the bandwidth of the level each comes from."""
-    regs = c.vector_registers * lanes * 4
+    regs = regfile_bytes(c, lanes)
     bufs = {id(b): b for b in [*func.params, *func.globals] if getattr(b, "scope", "") != "local"}
     for st, _, _ in stores:  # local buffers in memory (per-thread packed panels)
         for b in [st.buffer] + [e.buffer for e in walk(st.value) if isinstance(e, BufferLoad)]:
@@ -314,7 +315,7 @@ def _core(main: Store, loops: list[For], ranges: dict[Var, tuple[int, int]], gua
     # Loads of the body: one per distinct address LLVM sees (the flattened body shares them),
     # each at the L1's rate for its width.
     load_ns = inserts = 0.0
-    regs = c.vector_registers * lanes * 4
+    regs = regfile_bytes(c, lanes)
     for e, masked in _loads(main.value, vloop.var if vloop else None):
         if e.buffer is main.buffer or not in_memory(e.buffer, regs):
             continue
@@ -423,7 +424,7 @@ def _copy_seconds(st: Store, loops: list[For], c: EstimateConstants, lanes: int)
     reads and a vector store per element vector (LLVM vectorizes such copies), at the L1's rate.
     A store into a local tile (an accumulator's initial value) is register work: free; one into a
     local buffer in memory (a thread's packed panel) is a copy like any other."""
-    regs = c.vector_registers * lanes * 4
+    regs = regfile_bytes(c, lanes)
     if not in_memory(st.buffer, regs):
         return 0.0
     n = math.prod(lp.extent for lp in loops)

@@ -214,11 +214,7 @@ class CpuCodegen(ExprCodegen):
         return True
 
     def _in_bounds(self, buf: Buffer, indices: tuple[Expr, ...]) -> bool:
-        for i, d in zip(indices, buf.shape):
-            b = arith.linear_bounds(i, self.ranges)
-            if b is None or b[0] < 0 or b[1] >= d:
-                return False
-        return True
+        return arith.within(indices, buf.shape, self.ranges)
 
     def for_(self, s: For) -> None:
         self.ranges[s.var] = (0, s.extent - 1)

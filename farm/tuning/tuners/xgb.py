@@ -172,12 +172,10 @@ class XGBTuner(Tuner):
                 mine[e].append(self.results[i])
         may_lead = [e for e in names if e != "transfer" or self.source_trusted] or names
         small = max(1, n // (4 * (len(names) - 1)))
-        if any(not v for v in mine.values()):
-            if len(may_lead) < len(names):  # untrusted records start small too
-                q, r = divmod(n - small, len(may_lead))
-                return [(e, q + (1 if k < r else 0)) for k, e in enumerate(may_lead)] + [("transfer", small)]
-            q, r = divmod(n, len(names))
-            return [(e, q + (1 if k < r else 0)) for k, e in enumerate(names)]
+        if any(not v for v in mine.values()):  # equal shares; untrusted records start small
+            rest = [(e, small) for e in names if e not in may_lead]
+            q, r = divmod(n - small * len(rest), len(may_lead))
+            return [(e, q + (1 if k < r else 0)) for k, e in enumerate(may_lead)] + rest
         lead = max(may_lead, key=lambda e: float(np.mean(mine[e][-CREDIT_WINDOW:])))
         rest = [(e, small) for e in names if e != lead]
         return [(lead, max(0, n - small * len(rest)))] + rest
