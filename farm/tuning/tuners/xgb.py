@@ -37,6 +37,10 @@ log = logging.getLogger(__name__)
 CREDIT_WINDOW = 8  # an expert is judged on its most recent measured picks
 TRUST_MIN = 8  # measured configs of this task before transferred records are judged on them
 FOREIGN_MARGIN = 0.1  # pairwise accuracy records of another ISA need beyond the estimate's to lead
+# The estimate cannot tell configs apart closer than this (fraction of peak): on AVX2 GEMM it
+# rates packed and unpacked B within 0.1% of each other, which measure 5-10% apart. Within it,
+# its first picks are drawn at random (a fixed draw per config), not by the estimate's rounding.
+ESTIMATE_RESOLUTION = 0.02
 Scorer = Callable[[np.ndarray], np.ndarray]  # feature rows -> scores, higher is better
 
 
@@ -145,7 +149,7 @@ class XGBTuner(Tuner):
             if self.guided.trained:
                 out.append(("estimate", self.guided.predict_features))
             else:
-                out.append(("estimate", lambda x: prior_of(x) + 1e-6 * self.rng.random(len(x))))  # ties at random
+                out.append(("estimate", prior_of))  # ties (ESTIMATE_RESOLUTION) broken in _candidates
         if self.union.trained:
             out.append(("transfer", self.union.predict_features))
         # Untrained, the model expert is random search: it joins once it has learned
@@ -206,14 +210,26 @@ class XGBTuner(Tuner):
         return picks
 
     def _candidates(self, name: str, scorer: Scorer, chains: int) -> tuple[np.ndarray, np.ndarray]:
+        ties = name == "estimate" and not self.guided.trained
+
         def score(idx: np.ndarray) -> np.ndarray:
-            return scorer(self.fe.features(idx.tolist()))
+            s = scorer(self.fe.features(idx.tolist()))
+            return s + ESTIMATE_RESOLUTION * self._draw(idx) if ties else s
 
         unvisited = len(self.cands) - len(self.visited & self._cand_set())
         if unvisited <= self.exhaustive_limit:
             rest = self.cands.remaining(self.visited)
             return rest, score(rest)
         return self._anneal(name, score, chains)
+
+    def _draw(self, idx: np.ndarray) -> np.ndarray:
+        """A uniform number in [0, 1) per config, fixed for this tuner's seed (annealing sees the
+        same score for a config every time it meets it)."""
+        h = np.asarray(idx, dtype=np.uint64) + np.uint64((self.seed + 1) * 0x9E3779B97F4A7C15 % (1 << 64))
+        for mul in (0xBF58476D1CE4E5B9, 0x94D049BB133111EB):  # splitmix64's finaliser (wraps: a hash)
+            h = (h ^ (h >> np.uint64(30))) * np.full(len(h), mul, dtype=np.uint64)
+        h ^= h >> np.uint64(31)
+        return (h >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
     def _anneal(self, name: str, score: Scorer, chains: int) -> tuple[np.ndarray, np.ndarray]:
         cur = self._chains.get(name, np.zeros(0, dtype=np.int64))[:chains]
