@@ -11,7 +11,9 @@ the base margin the trees learn the error of. Two bounds, the larger wins:
   vector in power-of-two pieces put back together (lane by lane when masked), a load that
   straddles two cache lines as two (a thread's packed panel, a local buffer larger than the
   register file, is read like global memory); accumulators that, beside a broadcast and one
-  loaded vector per chunk, outnumber the vector registers spill, steeply.
+  loaded vector per chunk, outnumber the vector registers spill, steeply. A broadcast that
+  output positions share across the body's reduction steps (a stencil's x + rx) is held in a
+  register; when the held values do not fit beside the accumulators, each use reloads it.
   The three overlap imperfectly: the body takes their 4-norm (``_overlap``), not their maximum.
   The copies around the main statement (padding, write-back) add a vector load and store per
   element vector.
@@ -316,17 +318,28 @@ def _core(main: Store, loops: list[For], ranges: dict[Var, tuple[int, int]], gua
     # each at the L1's rate for its width.
     load_ns = inserts = 0.0
     regs = regfile_bytes(c, lanes)
+    # The innermost reduction loop of the body and the loops inside it: a broadcast operand that
+    # output positions share across its steps (a stencil's x + rx) is loaded once and held.
+    window: list[For] = []
+    for lp in flat:  # innermost first
+        if lp is not vloop:
+            window.append(lp)
+            if lp.var not in out_vars:
+                break
+    else:
+        window = []  # no reduction step in the body: every broadcast is used and dropped
+    shared: list[tuple[int, int]] = []  # per shared broadcast: (values held at once, extra uses)
     for e, masked in _loads(main.value, vloop.var if vloop else None):
         if e.buffer is main.buffer or not in_memory(e.buffer, regs):
             continue
         cf = coefs(e.indices, ranges)
-        distinct = 1
-        for d, k in enumerate(cf):
-            span = 1 + sum(abs(k.get(lp.var, 0)) * (lp.extent - 1) for lp in others)
-            distinct *= min(span, e.buffer.shape[d]) if d < len(e.buffer.shape) else span
+        distinct = _distinct(cf, others, e.buffer.shape)
         stride = sum(e.buffer.strides[d] * k.get(vloop.var, 0) for d, k in enumerate(cf)) if vloop else 0
         if not vloop or stride == 0:  # scalar or broadcast: one load serves every chunk
             load_ns += distinct / c.load_rate(32)
+            live = _distinct(cf, window, e.buffer.shape)
+            if live < _uses(cf, window):  # output positions share it across reduction steps (x + rx)
+                shared.append((live, _uses(cf, others) - distinct))
             continue
         align = _alignment(e, ranges, vloop, lanes) if abs(stride) == 1 else 4
         for w in chunks:
@@ -358,11 +371,32 @@ def _core(main: Store, loops: list[For], ranges: dict[Var, tuple[int, int]], gua
     # chain: one register short, conv2d 1x1's 1x7x16 tile on AVX2 measured 67 GFLOPS where the
     # 1x4x16 that fits measured 181. Steep (the 4th power), so tiles that fit rank above.
     spill_eff = 1.0 if chains <= room else (room / chains) ** 4
+    # Shared broadcasts that do not fit beside the accumulators are reloaded at every use (LLVM
+    # spills them, not the accumulators): a load per FMA. conv2d 3x3 on AVX2, 1x14 outputs with
+    # the 3 rx steps in the body (14 + 1 + 16 held values) measured 114-142 GFLOPS and spilled;
+    # 2x4 outputs over channel steps (nothing shared) 172.
+    if shared and chains + operands + sum(v for v, _ in shared) > c.vector_registers:
+        load_ns += sum(extra for _, extra in shared) / c.load_rate(32)
     body = _overlap(issue, latency, load_ns) / spill_eff / (GUARD_EFF if guards else 1.0)
     bodies = math.prod(lp.extent for lp in loops) / max(1, n_other * v)
     peak = c.peak_flops_per_ns
     vec_eff = 2.0 * n_other * m * sum(chunks) / (issue * peak) if issue else 1.0
     return _Core(body * bodies * 1e-9, chains, min(1.0, vec_eff), issue / max(issue, latency), spill_eff)
+
+
+def _distinct(cf: list[dict[Var, int]], loops: list[For], shape: Sequence[int]) -> int:
+    """Distinct addresses an access with index coefficients ``cf`` takes over ``loops``."""
+    n = 1
+    for d, k in enumerate(cf):
+        span = 1 + sum(abs(k.get(lp.var, 0)) * (lp.extent - 1) for lp in loops)
+        n *= min(span, shape[d]) if d < len(shape) else span
+    return n
+
+
+def _uses(cf: list[dict[Var, int]], loops: list[For]) -> int:
+    """Iterations of ``loops`` that read an access with index coefficients ``cf``: those of the
+    loops it depends on (a loop it does not reads the same value again, in one register)."""
+    return math.prod(lp.extent for lp in loops if any(k.get(lp.var, 0) for k in cf))
 
 
 def _overlap(*times: float) -> float:
