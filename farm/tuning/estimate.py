@@ -17,11 +17,12 @@ the base margin the trees learn the error of. Two bounds, the larger wins:
   The three overlap imperfectly: the body takes their 4-norm (``_overlap``), not their maximum.
   The copies around the main statement (padding, write-back) add a vector load and store per
   element vector.
-* **memory**: per statement, the bytes each cache level receives from the one below, over the
-  bandwidth of the level they come from; the slowest level bounds (they stream at once). A
-  level receives nothing when everything the kernel touches fits in it (a timed kernel runs
-  back to back); otherwise, for the largest innermost block of loops whose footprint fits, the
-  footprint of the block one loop larger, once per iteration of the loops outside it.
+* **memory** (``farm/tuning/traffic.py``): per statement, the bytes each cache level receives
+  from the one below, over the bandwidth of the level they come from; the slowest level bounds
+  (they stream at once). A level receives nothing when everything the kernel touches fits in it
+  (a timed kernel runs back to back); otherwise, for the largest innermost block of loops whose
+  footprint fits, the footprint of the block one loop larger, once per iteration of the loops
+  outside it.
 
 ``prior`` is the estimated fraction of the device's peak (flops over time, over every core's
 best FMA rate), so it ranks compute-bound and memory-bound operators alike.
@@ -31,22 +32,20 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from farm.compiler import arith
 from farm.compiler.ir import Allocate, Block, BufferLoad, For, IfThenElse, PrimFunc, Stmt, Store, expr_children
 from farm.te.expr import Expr, Select, Var, free_vars, walk
 from farm.tuning.constants import EstimateConstants
+from farm.tuning.traffic import LINE, NestStore, busy_cores, elem_bytes, in_memory, memory_seconds, regfile_bytes
 
 # LLVM fully unrolls a short constant-trip loop around a small body; this many
 # vector operations is about where its O3 full-unroll threshold stops (a compiler
 # setting, not a property of the machine).
 UNROLL_BODY = 64
-LINE = 64  # cache line bytes: the unit caches move
 GUARD_EFF = 0.8  # a body under a tail guard runs a masked or branchy variant
 OVERLAP_P = 4.0  # see _overlap
 
-NestStore = tuple[Store, list[For], int]  # a store, its loops (outermost first), guards around it
 
 
 def nest_stores(s: Stmt, stack: list[For] | None = None, guards: int = 0,
@@ -107,122 +106,6 @@ def coefs(idx: Sequence[Expr], ranges: dict[Var, tuple[int, int]]) -> list[dict[
     return out
 
 
-def _isz(dtype: str) -> int:
-    return 8 if "64" in dtype else 2 if "16" in dtype else 1 if "8" in dtype else 4
-
-
-def regfile_bytes(c: EstimateConstants, lanes: int) -> int:
-    """Bytes of the target's vector register file (f32 lanes x 4 bytes per register)."""
-    return c.vector_registers * lanes * 4
-
-
-def in_memory(buf: Any, regfile: int) -> bool:
-    """Whether a buffer lives in memory: every global one, and a local one larger than the vector
-    register file (a per-thread packed panel of B is a local allocation, hundreds of KiB, read
-    from the caches like any other; a local accumulator tile is registers)."""
-    return buf.scope != "local" or buf.size * _isz(buf.dtype) > regfile
-
-
-class Access:
-    """One buffer a statement reads or writes: its footprint for every innermost block of loops."""
-
-    def __init__(self, buf: Any, indices: Sequence[Expr], loops: list[For], ranges: dict[Var, tuple[int, int]],
-                 write: bool) -> None:
-        self.buf, self.write = buf, write
-        linear: list[dict[Var, int]] = []  # per index: |coefficient| of each loop variable
-        opaque: list[list[tuple[Expr, int]]] = []  # per index: non-linear terms (fused loops' % and //)
-        for e in indices:
-            try:
-                lin, _ = arith.linear(e, ranges)
-                items = [(a, abs(c)) for a, c in lin.items() if c]
-            except Exception:  # not linearisable: treat the whole index as one opaque term
-                items = [(e, 1)]
-            linear.append({a: c for a, c in items if isinstance(a, Var)})
-            opaque.append([(a, c) for a, c in items if not isinstance(a, Var)])
-        isz = _isz(buf.dtype)
-        shape = list(buf.shape) + [1] * (len(indices) - len(buf.shape))
-        n = len(loops)
-        spans = [1] * len(indices)
-        inner: dict[Var, tuple[int, int]] = {}
-        self.bytes: list[float] = []  # [m]: bytes touched by the innermost m loops (cache-line granular)
-        for m in range(n + 1):
-            if m:
-                lp = loops[n - m]
-                inner[lp.var] = (0, lp.extent - 1)
-                spans = [s + lin.get(lp.var, 0) * (lp.extent - 1) for s, lin in zip(spans, linear)]
-            full = list(spans)
-            for d, terms in enumerate(opaque):
-                for atom, c in terms:
-                    if free_vars(atom) & inner.keys():
-                        b = arith.bounds(atom, {**{v: (0, 0) for v in ranges}, **inner})
-                        full[d] += c * (b[1] - b[0]) if b else shape[d] - 1
-            full = [min(x, dim) for x, dim in zip(full, shape)]
-            rows = math.prod(full[:-1]) if full else 1
-            last = full[-1] * isz if full else isz
-            self.bytes.append(float(rows * math.ceil(last / LINE) * LINE))
-
-
-def accesses(store: Store, loops: list[For], ranges: dict[Var, tuple[int, int]],
-             regfile: int) -> list[Access]:
-    """The statement's buffers in memory (``in_memory``; local tiles up to ``regfile`` bytes are
-    registers)."""
-    out = []
-    if in_memory(store.buffer, regfile):
-        out.append(Access(store.buffer, store.indices, loops, ranges, True))
-    seen = set()
-    for e in walk(store.value):
-        if isinstance(e, BufferLoad) and in_memory(e.buffer, regfile) and (e.buffer, id(e)) not in seen:
-            seen.add((e.buffer, id(e)))
-            out.append(Access(e.buffer, e.indices, loops, ranges, False))
-    return out
-
-
-def level_traffic(acc: list[Access], loops: list[For], capacity: int) -> float:
-    """Bytes a cache of ``capacity`` receives from below over the statement's loops."""
-    n = len(loops)
-    if not acc:
-        return 0.0
-    total = [sum(a.bytes[m] * (2 if a.write else 1) for a in acc) for m in range(n + 1)]
-    fit = max((m for m in range(n + 1) if total[m] <= capacity), default=-1)
-    if fit >= n:
-        return total[n]
-    block = fit + 1  # the smallest block that does not fit: its footprint streams through, once per outer trip
-    return total[block] * math.prod(lp.extent for lp in loops[: n - block])
-
-
-def memory_seconds(stores: list[NestStore], func: PrimFunc, c: EstimateConstants, cores: int,
-                   lanes: int) -> float:
-    """Bytes moved into L1, L2 and L3 over the bandwidth of the level each comes from."""
-    regs = regfile_bytes(c, lanes)
-    bufs = {id(b): b for b in [*func.params, *func.globals] if getattr(b, "scope", "") != "local"}
-    for st, _, _ in stores:  # local buffers in memory (per-thread packed panels)
-        for b in [st.buffer] + [e.buffer for e in walk(st.value) if isinstance(e, BufferLoad)]:
-            if b.scope == "local" and in_memory(b, regs):
-                bufs[id(b)] = b
-    ws = sum(b.size * _isz(b.dtype) for b in bufs.values())
-    levels = [(cap, src) for cap, src in zip(c.caches, ("L2", "L3", "DRAM")) if cap > 0]
-    # With no L3 an L2 miss goes to DRAM; the "L3" bandwidth reads as DRAM then (gbps()).
-    ns = 0.0
-    for st, loops, _ in stores:
-        ranges: dict[Var, tuple[int, int]] = {lp.var: (0, lp.extent - 1) for lp in loops}
-        acc = accesses(st, loops, ranges, regs)
-        # The levels stream at once (hardware prefetch moves L3->L2 while L2->L1 runs): the slowest
-        # bounds. Their sum overstated depthwise conv2d's best config by a third (61 us for 45).
-        per = [level_traffic(acc, loops, cap) / c.gbps(src if src != "L3" or c.caches[2] else "DRAM")
-               for cap, src in levels if ws > cap]
-        t = max(per, default=0.0)
-        ns += t / _parallel(loops, cores)
-    return ns * 1e-9
-
-
-def _parallel(loops: list[For], cores: int) -> float:
-    """Cores a statement keeps busy: its parallel loop's chunks over the cores."""
-    par = max((lp.extent for lp in loops if lp.kind == "parallel"), default=0)
-    if not par:
-        return 1.0
-    return par / math.ceil(par / cores)
-
-
 def _pieces(w: int) -> list[int]:
     """The power-of-two loads LLVM splits a ``w``-lane load into (14: 8, 4, 2)."""
     return [1 << b for b in range(w.bit_length() - 1, -1, -1) if w >> b & 1]
@@ -267,8 +150,8 @@ def estimate(func: PrimFunc, c: EstimateConstants, cores: int, lanes: int, flops
     init = next((lp for st, lp, _ in stores if st is not main and st.buffer is main.buffer), [])
     scope = next((n for n, (a, b) in enumerate(zip(loops, init)) if a is not b), min(len(loops), len(init)))
     core = _core(main, loops, ranges, guards, c, lanes, scope)
-    par = _parallel(loops, cores)
-    other = sum(_copy_seconds(s, lp, c, lanes) / _parallel(lp, cores) for s, lp, _ in stores if s is not main)
+    par = busy_cores(loops, cores)
+    other = sum(_copy_seconds(s, lp, c, lanes) / busy_cores(lp, cores) for s, lp, _ in stores if s is not main)
     core_s = core.seconds / par + other
     mem_s = memory_seconds(stores, func, c, cores, lanes)
     total = max(core_s, mem_s)
@@ -415,7 +298,7 @@ def _alignment(e: BufferLoad, ranges: dict[Var, tuple[int, int]], vloop: For | N
     its index's steps over the loops (the vector loop's in whole chunks) and its offset; buffers
     themselves start on a line."""
     g = LINE
-    isz = _isz(e.buffer.dtype)
+    isz = elem_bytes(e.buffer.dtype)
     for d, idx in enumerate(e.indices):
         stride = e.buffer.strides[d] if d < len(e.buffer.strides) else 1
         try:

@@ -12,9 +12,10 @@ import pytest
 from farm.compiler.lowering import lower
 from farm.target import Target
 from farm.tuning.constants import EstimateConstants, estimate_constants
-from farm.tuning.estimate import accesses, estimate, in_memory, nest_stores, work
+from farm.tuning.estimate import estimate, nest_stores, work
 from farm.tuning.features import FeatureExtractor, prior_of
 from farm.tuning.replay import ReplayOracle
+from farm.tuning.traffic import accesses, in_memory
 from farm.workloads.registry import get_workload
 
 from .conftest import FP, TARGET
