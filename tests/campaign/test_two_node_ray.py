@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
@@ -61,7 +62,9 @@ def two_node_cluster(tmp_path: Path):  # type: ignore[no-untyped-def]
         yield f"127.0.0.1:{port}", env
     finally:
         procs.kill_all(sorted(set(procs.find_marked(marker)) | set(_pids_with(str(temp).encode()))), grace=5.0)
-        assert not procs.wait_gone(marker, timeout=10), "Ray processes of the test cluster outlived it"
+        left = procs.wait_gone(marker, timeout=10)
+        shutil.rmtree(temp, ignore_errors=True)  # the cluster's session logs and sockets
+        assert not left, "Ray processes of the test cluster outlived it"
 
 
 def test_campaign_builds_on_both_nodes(two_node_cluster, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

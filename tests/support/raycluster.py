@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 from pathlib import Path
@@ -52,6 +53,7 @@ class RayHead:
         left = procs.wait_gone(self.marker, timeout=10)
         if left:
             procs.kill_all(left)
+        shutil.rmtree(self.temp, ignore_errors=True)  # the cluster's session logs and sockets
 
     def __enter__(self) -> RayHead:
         return self.start()
