@@ -17,12 +17,8 @@ the base margin the trees learn the error of. Two bounds, the larger wins:
   The three overlap imperfectly: the body takes their 4-norm (``_overlap``), not their maximum.
   The copies around the main statement (padding, write-back) add a vector load and store per
   element vector.
-* **memory** (``farm/tuning/traffic.py``): per statement, the bytes each cache level receives
-  from the one below, over the bandwidth of the level they come from; the slowest level bounds
-  (they stream at once). A level receives nothing when everything the kernel touches fits in it
-  (a timed kernel runs back to back); otherwise, for the largest innermost block of loops whose
-  footprint fits, the footprint of the block one loop larger, once per iteration of the loops
-  outside it.
+* **memory**: the bytes each cache level receives from the one below, over the bandwidth of the
+  level they come from (``farm/tuning/traffic.py``).
 
 ``prior`` is the estimated fraction of the device's peak (flops over time, over every core's
 best FMA rate), so it ranks compute-bound and memory-bound operators alike.

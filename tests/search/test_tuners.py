@@ -174,3 +174,14 @@ def test_estimate_near_ties_are_drawn_at_random() -> None:
         assert {space.get(i)["pack_b"] for i in picks} == {0, 1}, seed
         best = float(prior_of(fe.features(picks)).max())
         assert prior_of(fe.features(picks)).min() >= best - ESTIMATE_RESOLUTION, seed
+
+
+def test_fixed_draw_is_uniform_fixed_per_seed_and_independent_across_seeds() -> None:
+    from farm.tuning.tuners.xgb import fixed_draw
+
+    idx = np.arange(50_000)
+    a, b = fixed_draw(idx, 3), fixed_draw(idx, 4)
+    assert np.array_equal(a, fixed_draw(idx, 3))
+    assert 0.0 <= a.min() and a.max() < 1.0
+    assert np.all(np.abs(np.histogram(a, 10, (0, 1))[0] - 5000) < 300)
+    assert abs(np.corrcoef(a, b)[0, 1]) < 0.03

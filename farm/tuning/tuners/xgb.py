@@ -215,22 +215,13 @@ class XGBTuner(Tuner):
 
         def score(idx: np.ndarray) -> np.ndarray:
             s = scorer(self.fe.features(idx.tolist()))
-            return s + ESTIMATE_RESOLUTION * self._draw(idx) if ties else s
+            return s + ESTIMATE_RESOLUTION * fixed_draw(idx, self.seed) if ties else s
 
         unvisited = len(self.cands) - len(self.visited & self._cand_set())
         if unvisited <= self.exhaustive_limit:
             rest = self.cands.remaining(self.visited)
             return rest, score(rest)
         return self._anneal(name, score, chains)
-
-    def _draw(self, idx: np.ndarray) -> np.ndarray:
-        """A uniform number in [0, 1) per config, fixed for this tuner's seed (annealing sees the
-        same score for a config every time it meets it)."""
-        h = np.asarray(idx, dtype=np.uint64) + np.uint64((self.seed + 1) * 0x9E3779B97F4A7C15 % (1 << 64))
-        for mul in (0xBF58476D1CE4E5B9, 0x94D049BB133111EB):  # splitmix64's finaliser (wraps: a hash)
-            h = (h ^ (h >> np.uint64(30))) * np.full(len(h), mul, dtype=np.uint64)
-        h ^= h >> np.uint64(31)
-        return (h >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
     def _anneal(self, name: str, score: Scorer, chains: int) -> tuple[np.ndarray, np.ndarray]:
         cur = self._chains.get(name, np.zeros(0, dtype=np.int64))[:chains]
@@ -277,6 +268,16 @@ class XGBTuner(Tuner):
             chosen = set(picked)
             picked += [r for r in range(len(cand)) if r not in chosen][: n - len(picked)]
         return [int(cand[r]) for r in picked]
+
+
+def fixed_draw(idx: np.ndarray, seed: int) -> np.ndarray:
+    """A uniform number in [0, 1) per config index, the same every time for one seed (annealing
+    sees one score per config): splitmix64's finaliser over index + seed."""
+    h = np.asarray(idx, dtype=np.uint64) + np.uint64((seed + 1) * 0x9E3779B97F4A7C15 % (1 << 64))
+    for mul in (0xBF58476D1CE4E5B9, 0x94D049BB133111EB):  # uint64 arrays wrap: a hash
+        h = (h ^ (h >> np.uint64(30))) * np.full(len(h), mul, dtype=np.uint64)
+    h ^= h >> np.uint64(31)
+    return (h >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 
 def _foreign_isa(records: list[Any], target: str) -> bool:
