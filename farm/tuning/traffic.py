@@ -74,9 +74,22 @@ class Access:
                         b = arith.bounds(atom, {**{v: (0, 0) for v in ranges}, **inner})
                         full[d] += c * (b[1] - b[0]) if b else shape[d] - 1
             full = [min(x, dim) for x, dim in zip(full, shape)]
-            rows = math.prod(full[:-1]) if full else 1
-            last = full[-1] * isz if full else isz
-            self.bytes.append(float(rows * math.ceil(last / LINE) * LINE))
+            self.bytes.append(float(line_bytes(full, shape, isz)))
+
+
+def line_bytes(full: list[int], shape: list[int], isz: int) -> int:
+    """Bytes of the cache lines a box of ``full`` elements per dimension touches in a row-major
+    buffer of ``shape``: runs of contiguous elements, each rounded up to whole lines. Where the
+    inner dimensions are covered whole, the rows of the next one are back to back: a 3x3 filter's
+    rows are 12 bytes each but contiguous (counting a line per row overstated conv2d weights 5x)."""
+    if not full:
+        return isz
+    k = len(full) - 1
+    run = full[k]
+    while k > 0 and full[k] == shape[k]:
+        k -= 1
+        run *= full[k]
+    return math.prod(full[:k]) * math.ceil(run * isz / LINE) * LINE
 
 
 def accesses(store: Store, loops: list[For], ranges: dict[Var, tuple[int, int]],

@@ -15,7 +15,7 @@ from farm.tuning.constants import EstimateConstants, estimate_constants
 from farm.tuning.estimate import estimate, nest_stores, work
 from farm.tuning.features import FeatureExtractor, prior_of
 from farm.tuning.replay import ReplayOracle
-from farm.tuning.traffic import accesses, in_memory
+from farm.tuning.traffic import line_bytes, accesses, in_memory
 from farm.workloads.registry import get_workload
 
 from .conftest import FP, TARGET
@@ -251,3 +251,15 @@ def test_stencil_broadcasts_held_across_reduction_steps_need_registers() -> None
     w5 = _estimate("conv2d", conv, ZEN4, zen4, {**wide, "pack_k": 16}, cores=2)
     s5 = _estimate("conv2d", conv, ZEN4, zen4, {**small, "pack_k": 16}, cores=2)
     assert w5.prior > s5.prior
+
+
+def test_contiguous_rows_count_their_bytes_not_a_line_each() -> None:
+    """A box of a row-major buffer costs the lines of its contiguous runs: where the inner
+    dimensions are covered whole the rows of the next one are back to back. A 3x3 filter's rows
+    are 12 bytes; a line per row made a conv2d weight read 5x its size (49 MiB for 9 MiB)."""
+    w = [512, 512, 3, 3]
+    assert line_bytes(w, w, 4) == 512 * 512 * 9 * 4
+    assert line_bytes([1, 4, 3, 3], w, 4) == 3 * 64  # 4 channels' 144 contiguous bytes
+    assert line_bytes([8, 16], [512, 512], 4) == 8 * 64  # partial rows: a run each
+    assert line_bytes([8, 1], [512, 512], 4) == 8 * 64  # a column: a line per element
+
