@@ -15,7 +15,7 @@ from farm.tuning.constants import EstimateConstants, estimate_constants
 from farm.tuning.estimate import estimate, nest_stores, work
 from farm.tuning.features import FeatureExtractor, prior_of
 from farm.tuning.replay import ReplayOracle
-from farm.tuning.traffic import line_bytes, accesses, in_memory
+from farm.tuning.traffic import accesses, in_memory, line_bytes
 from farm.workloads.registry import get_workload
 
 from .conftest import FP, TARGET
