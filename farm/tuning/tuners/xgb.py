@@ -265,20 +265,11 @@ class XGBTuner(Tuner):
             return []
         order = np.argsort(-score, kind="stable")
         cand, score = cand[order], score[order]
+        # the estimate's own value: the score less the near-tie draw _candidates added
         level = np.floor((score - ESTIMATE_RESOLUTION * fixed_draw(cand, self.seed)) / ESTIMATE_RESOLUTION + 1e-9)
-        greedy = n - int(round(n * LEVEL_FRACTION))
-        picked = list(range(min(greedy, len(cand))))
-        seen = {float(level[r]) for r in picked}
-        for r in range(greedy, len(cand)):
-            if len(picked) == n:
-                break
-            if float(level[r]) not in seen:
-                seen.add(float(level[r]))
-                picked.append(r)
-        if len(picked) < n:  # fewer levels than picks: fill by score
-            chosen = set(picked)
-            picked += [r for r in range(len(cand)) if r not in chosen][: n - len(picked)]
-        return [int(cand[r]) for r in picked]
+        rows = _greedy_then(len(cand), n, n - int(round(n * LEVEL_FRACTION)),
+                            lambda r, picked: level[r] not in {level[p] for p in picked})
+        return [int(cand[r]) for r in rows]
 
     def _diverse_top(self, cand: np.ndarray, score: np.ndarray, n: int) -> list[int]:
         if len(cand) == 0:
@@ -286,21 +277,27 @@ class XGBTuner(Tuner):
         order = np.argsort(-score, kind="stable")[: max(20 * n, 256)]
         cand = cand[order]
         ch = self.cands.to_choices(cand)
-        picked: list[int] = []
         # The first picks are the model's best, near-duplicates or not (the good
         # configs of a space cluster: several of them are worth measuring); the
         # rest of the batch must differ from every pick in >= diversity knobs.
-        greedy = n - int(round(n * self.diverse_fraction))
-        for r in range(len(cand)):
-            if len(picked) == n:
-                break
-            if len(picked) >= greedy and picked and np.min((ch[picked] != ch[r]).sum(axis=1)) < self.diversity:
-                continue
+        rows = _greedy_then(len(cand), n, n - int(round(n * self.diverse_fraction)),
+                            lambda r, picked: not picked or np.min((ch[picked] != ch[r]).sum(axis=1)) >= self.diversity)
+        return [int(cand[r]) for r in rows]
+
+
+def _greedy_then(count: int, n: int, greedy: int, admit: Callable[[int, list[int]], bool]) -> list[int]:
+    """``n`` of the rows ``0..count-1`` (best first): the first ``greedy`` as they come, then the
+    next ones ``admit(row, picked so far)`` accepts; short of ``n``, the rest by order."""
+    picked: list[int] = []
+    for r in range(count):
+        if len(picked) == n:
+            break
+        if len(picked) < greedy or admit(r, picked):
             picked.append(r)
-        if len(picked) < n:  # not enough diverse ones: fill by score
-            chosen = set(picked)
-            picked += [r for r in range(len(cand)) if r not in chosen][: n - len(picked)]
-        return [int(cand[r]) for r in picked]
+    if len(picked) < n:
+        chosen = set(picked)
+        picked += [r for r in range(count) if r not in chosen][: n - len(picked)]
+    return picked
 
 
 def fixed_draw(idx: np.ndarray, seed: int) -> np.ndarray:
